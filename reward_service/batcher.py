@@ -1,0 +1,263 @@
+"""One model's queue: admits requests, forms batches across them, runs them, reassembles results.
+
+Items from every request (and every transport) wait in one queue per model. When the model is
+free, the oldest waiting item opens a batch and the queued items closest to it in length fill it,
+up to `max_batch_size` items and `max_batch_tokens` padded tokens, so padding stays small and no
+item waits behind an endless stream of better-fitting ones. Tokenisation and the forward pass run
+in worker threads; the event loop only moves items around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from reward_service.config import BatchingConfig
+from reward_service.errors import DeadlineExceeded, QueueFull, RewardServiceError
+from reward_service.loading import LoadedModel
+from reward_service.metrics import Metrics
+from reward_service.tokenization import EncodedText
+
+logger = logging.getLogger(__name__)
+
+# How far down the queue a batch looks for items of similar length; bounds the work per batch.
+GROUPING_WINDOW_BATCHES = 8
+
+
+class InferenceFailed(RewardServiceError):
+    """The forward pass raised; the message names the cause (HTTP 500, gRPC INTERNAL)."""
+
+
+@dataclass(eq=False, slots=True)
+class _PendingRequest:
+    future: asyncio.Future
+    rewards: np.ndarray
+    raw: list[np.ndarray | None] | None
+    remaining: int
+    deadline: float | None  # time.monotonic() seconds
+
+
+@dataclass(eq=False, slots=True)
+class _QueuedItem:
+    encoded: EncodedText
+    request: _PendingRequest
+    index: int
+    enqueued_at: float
+
+    @property
+    def length(self) -> int:
+        return len(self.encoded.input_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItems:
+    rewards: list[float]
+    raw: list[list[float]] | None
+    truncated: int
+
+
+class ModelQueue:
+    def __init__(
+        self,
+        model: LoadedModel,
+        batching: BatchingConfig,
+        metrics: Metrics,
+        tokenize_executor: Executor,
+    ) -> None:
+        self.model = model
+        self.batching = batching
+        self._name = model.spec.name
+        self._metrics = metrics
+        self._tokenize_executor = tokenize_executor
+        # One thread owns the model: forward passes never overlap or fight over cores.
+        self._model_executor = ThreadPoolExecutor(1, thread_name_prefix=f"forward-{self._name}")
+        self._queue: list[_QueuedItem] = []
+        self._admitted_items = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    # -- admission -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        inputs: Sequence[str] | Sequence[tuple[str, str]],
+        *,
+        return_raw: bool = False,
+        deadline: float | None = None,
+    ) -> ScoredItems:
+        """Scores `inputs` in order; raises QueueFull instead of queueing past the limit."""
+        count = len(inputs)
+        if self._admitted_items + count > self.batching.max_queue_items:
+            self._metrics.requests_rejected.labels(self._name).inc()
+            raise QueueFull(
+                f"model {self._name!r} has {self._admitted_items} items in flight and admits at "
+                f"most {self.batching.max_queue_items}: retry shortly",
+                retry_after_s=1,
+            )
+        self._admit(count)
+        loop = asyncio.get_running_loop()
+        try:
+            encoded = await loop.run_in_executor(
+                self._tokenize_executor, self.model.encoder.encode, inputs
+            )
+        except BaseException:
+            self._admit(-count)
+            raise
+        request = _PendingRequest(
+            future=loop.create_future(),
+            rewards=np.empty(count, dtype=np.float64),
+            raw=[None] * count if return_raw else None,
+            remaining=count,
+            deadline=deadline,
+        )
+        now = time.monotonic()
+        self._queue.extend(
+            _QueuedItem(item, request, index, now) for index, item in enumerate(encoded)
+        )
+        self._metrics.queue_depth.labels(self._name).set(len(self._queue))
+        self._wakeup.set()
+        await request.future
+        truncated = sum(item.truncated for item in encoded)
+        if truncated:
+            self._metrics.items_truncated.labels(self._name).inc(truncated)
+        raw = [row.tolist() for row in request.raw] if request.raw is not None else None
+        return ScoredItems(request.rewards.tolist(), raw, truncated)
+
+    def _admit(self, count: int) -> None:
+        self._admitted_items += count
+        self._metrics.admitted_items.labels(self._name).set(self._admitted_items)
+
+    # -- the batching loop -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"batcher-{self._name}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._model_executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.batching.max_wait_ms > 0:
+                await self._wait_for_fuller_batch()
+            batch = self._take_batch()
+            if not batch:
+                continue
+            try:
+                rewards, logits = await loop.run_in_executor(
+                    self._model_executor, self._infer, batch
+                )
+            except Exception as error:  # keep serving: fail only this batch's requests
+                logger.exception("forward pass failed for model %s", self._name)
+                self._fail(batch, InferenceFailed(f"the forward pass failed: {error}"))
+                continue
+            self._deliver(batch, rewards, logits)
+
+    async def _wait_for_fuller_batch(self) -> None:
+        close_at = self._queue[0].enqueued_at + self.batching.max_wait_ms / 1000
+        while len(self._queue) < self.batching.max_batch_size:
+            remaining_s = close_at - time.monotonic()
+            if remaining_s <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining_s)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_QueuedItem]:
+        self._drop_dead_items()
+        if not self._queue:
+            return []
+        window = self._queue[: self.batching.max_batch_size * GROUPING_WINDOW_BATCHES]
+        oldest = window[0]
+        batch = [oldest]
+        longest = oldest.length
+        for item in sorted(window[1:], key=lambda item: abs(item.length - oldest.length)):
+            if len(batch) == self.batching.max_batch_size:
+                break
+            candidate_longest = max(longest, item.length)
+            if candidate_longest * (len(batch) + 1) > self.batching.max_batch_tokens:
+                continue
+            batch.append(item)
+            longest = candidate_longest
+        chosen = {id(item) for item in batch}
+        self._queue = [item for item in self._queue if id(item) not in chosen]
+        self._metrics.queue_depth.labels(self._name).set(len(self._queue))
+        return batch
+
+    def _drop_dead_items(self) -> None:
+        """Removes items whose request already ended, or whose caller's deadline has passed."""
+        now = time.monotonic()
+        kept: list[_QueuedItem] = []
+        released = 0
+        for item in self._queue:
+            request = item.request
+            if (
+                not request.future.done()
+                and request.deadline is not None
+                and request.deadline < now
+            ):
+                request.future.set_exception(
+                    DeadlineExceeded("the deadline passed before the items were scored")
+                )
+            if request.future.done():
+                released += 1
+                if request.deadline is not None and request.deadline < now:
+                    self._metrics.items_expired.labels(self._name).inc()
+                continue
+            kept.append(item)
+        if released:
+            self._queue = kept
+            self._admit(-released)
+
+    def _infer(self, batch: list[_QueuedItem]) -> tuple[np.ndarray, np.ndarray]:
+        """Runs in the model's thread: pad, forward, map logits to rewards."""
+        started = time.perf_counter()
+        features = self.model.encoder.pad([item.encoded for item in batch])
+        logits = self.model.backend.forward(features)
+        rewards = self.model.resolved.map_logits(logits)
+        self._metrics.inference_time.labels(self._name).observe(time.perf_counter() - started)
+        self._metrics.batch_size.labels(self._name).observe(len(batch))
+        self._metrics.batch_padded_tokens.labels(self._name).observe(features["input_ids"].size)
+        self._metrics.items_scored.labels(self._name).inc(len(batch))
+        return rewards, logits
+
+    def _deliver(self, batch: list[_QueuedItem], rewards: np.ndarray, logits: np.ndarray) -> None:
+        for row, item in enumerate(batch):
+            request = item.request
+            request.rewards[item.index] = rewards[row]
+            if request.raw is not None:
+                request.raw[item.index] = logits[row]
+            request.remaining -= 1
+            if request.remaining == 0 and not request.future.done():
+                request.future.set_result(None)
+        self._admit(-len(batch))
+
+    def _fail(self, batch: list[_QueuedItem], error: Exception) -> None:
+        for item in batch:
+            if not item.request.future.done():
+                item.request.future.set_exception(error)
+        self._admit(-len(batch))
+
+    def warm_up(self) -> None:
+        """Runs in a thread before the model is marked ready: first passes allocate and compile."""
+        encoder = self.model.encoder
+        for batch_size, words in ((1, 8), (min(self.batching.max_batch_size, 8), 48)):
+            encoded = encoder.encode(["warm up " * words] * batch_size)
+            self.model.backend.forward(encoder.pad(encoded))

