@@ -35,6 +35,10 @@ def error_response(
 def _describe_validation_error(error: RequestValidationError) -> str:
     parts = []
     for problem in error.errors():
+        if problem.get("type") == "json_invalid":
+            position = problem.get("loc", ("body", "?"))[-1]
+            parts.append(f"the body is not valid JSON (error at character {position})")
+            continue
         location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
         message = problem.get("msg", "invalid value").removeprefix("Value error, ")
         parts.append(f"{location}: {message}" if location else message)
