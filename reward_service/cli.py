@@ -6,19 +6,26 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 from pydantic import ValidationError
 
+from reward_service.client.errors import RewardClientError
 from reward_service.config import BatchingConfig, ServeSettings
 from reward_service.errors import RewardServiceError
+from reward_service.export import add_export_parser, run_export
 from reward_service.mapping import MappingError
+from reward_service.training import cli as training_cli
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--backend", choices=["auto", "torch"], help="Inference backend.")
+    group.add_argument(
+        "--backend", choices=["auto", "torch", "onnx"],
+        help="Inference backend (auto: onnx where the folder holds model.onnx, else torch).",
+    )  # fmt: skip
     group.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu).")
     group.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     group.add_argument(
@@ -71,8 +78,9 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 
 def _settings(args: argparse.Namespace) -> ServeSettings:
-    values = _given(args, "host", "port", "backend", "device", "dtype", "allow_pickle", "preset",
-                    "log_level", "cache_dir")  # fmt: skip
+    values = _given(args, "host", "port", "grpc_port", "grpc_max_message_bytes", "backend",
+                    "device", "dtype", "allow_pickle", "preset", "log_level",
+                    "cache_dir", "api_key")  # fmt: skip
     if getattr(args, "access_log", None):
         values["access_log"] = True
     if args.models:
@@ -90,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reward-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="Serve reward models over REST.")
+    serve = commands.add_parser("serve", help="Serve reward models over REST and gRPC.")
     serve.add_argument(
         "--model", dest="models", action="append", metavar="[NAME=]SOURCE",
         help="A model folder or hub id, optionally named; repeat for several models. "
@@ -98,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.add_argument("--host", help="Address to bind (default 127.0.0.1).")
     serve.add_argument("--port", type=int, help="REST port (default 8000; 0 picks a free one).")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 disables gRPC).")
+    serve.add_argument(
+        "--grpc-max-message-bytes", type=int,
+        help="Largest gRPC request or response message (default 16 MiB).",
+    )  # fmt: skip
+    serve.add_argument(
+        "--api-key", help="Require this bearer token on REST (not /health/*, /metrics); "
+        "REWARD_SERVICE_API_KEY keeps it out of the process list.",
+    )  # fmt: skip
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="Log every request.")
     serve.add_argument("--cache-dir", help="Where built models are kept.")
@@ -107,15 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
         batching.add_argument(f"--{name.replace('_', '-')}", type=kind, help=field.description)
     _add_model_options(serve)
 
-    score = commands.add_parser("score", help="Score texts in-process and print JSON.")
+    score = commands.add_parser(
+        "score", help="Score texts in-process, or on running servers (--url), and print JSON."
+    )
     score.add_argument("texts", nargs="*", help="Texts to score.")
     score.add_argument("--model", dest="models", action="append", metavar="SOURCE",
-                       help="A model folder or hub id (default: the default model).")  # fmt: skip
+                       help="A model folder or hub id (default: the default model); with --url, "
+                       "a served model's name.")  # fmt: skip
+    score.add_argument("--url", dest="urls", action="append",
+                       help="Score on this server through the client (http://HOST:PORT or "
+                       "grpc://HOST:PORT); repeat for replicas.")  # fmt: skip
+    score.add_argument("--api-key", help="With --url (default: $REWARD_SERVICE_API_KEY).")
     score.add_argument("--prompt", dest="prompts", action="append", help="With --completion.")
     score.add_argument("--completion", dest="completions", action="append")
     score.add_argument("--raw", action="store_true", help="Also print the raw logits.")
     score.add_argument("--cache-dir", help="Where built models are kept.")
     _add_model_options(score)
+    training_cli.add_commands(commands)
+    add_export_parser(commands)
     return parser
 
 
@@ -137,6 +163,19 @@ async def _score_in_process(args: argparse.Namespace) -> dict:
     return response.model_dump(exclude_none=True)
 
 
+def _score_remote(args: argparse.Namespace) -> dict:
+    from reward_service.client import RewardClient
+
+    if args.raw or (args.models and len(args.models) > 1):
+        raise ValueError("with --url, give at most one --model (a served name) and no --raw")
+    api_key = args.api_key or os.environ.get("REWARD_SERVICE_API_KEY")
+    model = args.models[0] if args.models else None
+    with RewardClient(args.urls, api_key=api_key, model=model) as client:
+        rewards = client.score(texts=args.texts or None, prompts=args.prompts,
+                               completions=args.completions)  # fmt: skip
+    return {"rewards": rewards}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -149,9 +188,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(_settings(args))
         if args.command == "score":
-            print(json.dumps(asyncio.run(_score_in_process(args))))
+            result = _score_remote(args) if args.urls else asyncio.run(_score_in_process(args))
+            print(json.dumps(result))
             return 0
-    except (RewardServiceError, MappingError) as error:
+        if args.command in training_cli.COMMANDS:
+            return training_cli.run(args)
+        if args.command == "export":
+            return run_export(args)
+    except (RewardServiceError, MappingError, RewardClientError) as error:
         print(f"reward-service: error: {error}", file=sys.stderr)
         return 2
     except ValidationError as error:

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = str  # "cpu", "cuda", "cuda:1" or "auto"
 DType = Literal["float32", "float16", "bfloat16"]
-BackendName = Literal["auto", "torch"]
+BackendName = Literal["auto", "torch", "onnx"]
 
 DEFAULT_MODEL_NAME = "default"
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -85,6 +85,10 @@ class ServeSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 serves REST only.")
+    grpc_max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest gRPC request or response message."
+    )
     models: list[str] = Field(
         default_factory=list,
         description="NAME=SOURCE or SOURCE (a folder or hub id); the default model if empty.",
@@ -96,6 +100,11 @@ class ServeSettings(BaseSettings):
     preset: str | None = None
     mapping_overrides: dict[str, Any] = Field(default_factory=dict)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, REST requests (but /health/* and /metrics) need it as a bearer "
+        "token: `Authorization: Bearer KEY`.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
     cache_dir: Path = Field(default_factory=default_cache_dir)

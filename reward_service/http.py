@@ -9,10 +9,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reward_service import errors
+from reward_service import errors, openrlhf
+from reward_service.auth import ApiKeyMiddleware
 from reward_service.engine import Engine
 from reward_service.metrics import Metrics
-from reward_service.schemas import ErrorResponse, ModelList, ScoreRequest, ScoreResponse
+from reward_service.schemas import (
+    ErrorResponse,
+    ModelList,
+    ScoreRequest,
+    ScoreResponse,
+    describe_validation_errors,
+)
 
 # Engine error -> (HTTP status, machine-readable type). One table for the whole REST API.
 ERROR_STATUS: dict[type[errors.RewardServiceError], tuple[int, str]] = {
@@ -32,36 +39,27 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _describe_validation_error(error: RequestValidationError) -> str:
-    parts = []
-    for problem in error.errors():
-        if problem.get("type") == "json_invalid":
-            position = problem.get("loc", ("body", "?"))[-1]
-            parts.append(f"the body is not valid JSON (error at character {position})")
-            continue
-        location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
-        message = problem.get("msg", "invalid value").removeprefix("Value error, ")
-        parts.append(f"{location}: {message}" if location else message)
-    return "; ".join(parts) or "the request body is not valid"
-
-
 ERROR_RESPONSES = {
     status: {"model": ErrorResponse, "description": kind} for status, kind in ERROR_STATUS.values()
 }
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
+    """`api_key`: when set, every route but /health/* and /metrics needs it as a bearer token."""
     app = FastAPI(
         title="Reward service",
         description="Scores texts with reward models (sequence classifiers), batched across "
         "requests.",
         version="1",
     )
+    if api_key:  # added first, so it runs inside the metrics middleware: refusals are counted
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(RequestMetricsMiddleware, metrics=engine.metrics)
+    app.include_router(openrlhf.create_router(engine))  # POST /get_reward
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _describe_validation_error(error))
+        return error_response(422, "invalid_request", describe_validation_errors(error.errors()))
 
     @app.exception_handler(errors.RewardServiceError)
     async def _on_engine_error(request: Request, error: errors.RewardServiceError) -> JSONResponse:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reward_service.backends import Backend
+from reward_service.backends.onnx_backend import ONNX_FILENAME, OnnxBackend
 from reward_service.config import ModelSpec
 from reward_service.errors import ModelLoadError
 from reward_service.mapping import (
@@ -83,13 +84,14 @@ def check_model_folder(folder: Path, *, allow_pickle: bool) -> Path:
         raise ModelLoadError(f"{folder} has no tokenizer (tokenizer.json or vocab.txt)")
     has_safe = any((folder / name).is_file() for name in SAFE_WEIGHT_FILES)
     has_pickle = any((folder / name).is_file() for name in PICKLE_WEIGHT_FILES)
-    if not has_safe and has_pickle and not allow_pickle:
+    has_onnx = (folder / ONNX_FILENAME).is_file()  # a `reward-service export` folder
+    if not has_safe and not has_onnx and has_pickle and not allow_pickle:
         raise ModelLoadError(
             f"{folder} holds only pickle weights (pytorch_model.bin), which can run code when "
             f"loaded: convert them to safetensors, or pass --allow-pickle if you trust the source"
         )
-    if not has_safe and not has_pickle:
-        raise ModelLoadError(f"{folder} has no weights (model.safetensors)")
+    if not has_safe and not has_pickle and not has_onnx:
+        raise ModelLoadError(f"{folder} has no weights (model.safetensors or {ONNX_FILENAME})")
     return folder
 
 
@@ -117,8 +119,6 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     # Our own one-line errors replace transformers' load reports and progress bars.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-
-    from reward_service.backends.torch_backend import TorchBackend
 
     folder = resolve_model_folder(spec.source, allow_pickle=spec.allow_pickle)
     config = read_config(folder)
@@ -157,8 +157,25 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             if name in ("input_ids", "token_type_ids", "attention_mask")
         ],
     )
-    backend = TorchBackend.load(
-        folder, device=spec.device, dtype=spec.dtype, allow_pickle=spec.allow_pickle
-    )
+    backend = load_backend(spec, folder, input_names=encoder.input_names, num_labels=len(id2label))
     logger.info("loaded %s from %s (%s on %s)", spec.name, folder, backend.name, backend.device)
     return LoadedModel(spec, folder, backend, encoder, id2label, problem_type, mapping, resolved)
+
+
+def load_backend(
+    spec: ModelSpec, folder: Path, *, input_names: tuple[str, ...], num_labels: int
+) -> Backend:
+    """`auto` runs model.onnx where the folder holds one (an exported folder), PyTorch otherwise."""
+    backend = spec.backend
+    if backend == "auto":
+        backend = "onnx" if (folder / ONNX_FILENAME).is_file() else "torch"
+    if backend == "onnx":
+        return OnnxBackend.load(
+            folder, device=spec.device, dtype=spec.dtype, input_names=input_names,
+            num_labels=num_labels,
+        )  # fmt: skip
+    from reward_service.backends.torch_backend import TorchBackend
+
+    return TorchBackend.load(
+        folder, device=spec.device, dtype=spec.dtype, allow_pickle=spec.allow_pickle
+    )

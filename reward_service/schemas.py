@@ -6,6 +6,7 @@ objects, so both transports validate input in exactly one place.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -89,3 +90,17 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+def describe_validation_errors(problems: Iterable[Mapping[str, Any]]) -> str:
+    """One line for the caller from pydantic's error list (`ValidationError.errors()`)."""
+    parts = []
+    for problem in problems:
+        if problem.get("type") == "json_invalid":
+            position = problem.get("loc", ("body", "?"))[-1]
+            parts.append(f"the body is not valid JSON (error at character {position})")
+            continue
+        location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+        message = problem.get("msg", "invalid value").removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts) or "the request is not valid"

@@ -20,6 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # No hub at test time: a hub id must fail fast with a clear message instead of trying a network.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# A server started without --model serves the seconds-to-build untrained placeholder, not the
+# trained default (minutes of training); reward_service.default_model.
+os.environ.setdefault("REWARD_SERVICE_DEFAULT_MODEL", "untrained")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -100,6 +103,11 @@ class RunningServer:
     process: subprocess.Popen
     port: int
     log_path: Path
+    grpc_port: int = 0  # 0: gRPC disabled
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -119,17 +127,27 @@ class RunningServer:
 
 
 def start_server(
-    args: list[str], log_dir: Path, *, wait_ready: bool = True, timeout_s: float = 90
+    args: list[str],
+    log_dir: Path,
+    *,
+    wait_ready: bool = True,
+    timeout_s: float = 90,
+    port: int | None = None,
 ) -> RunningServer:
-    """`reward-service serve` in a subprocess on a free loopback port, as a user would run it."""
-    port = free_port()
+    """`reward-service serve` in a subprocess on a free loopback port (or `port`, to restart a
+    stopped server where its clients expect it), as a user would run it."""
+    port = port or free_port()
+    # Every server gets its own gRPC port too, so that servers never contend for the default.
+    if "--grpc-port" not in args:
+        args = [*args, "--grpc-port", str(free_port())]
+    grpc_port = int(args[args.index("--grpc-port") + 1])
     log_path = log_dir / f"server-{port}.log"
     env = {**os.environ, "REWARD_SERVICE_CACHE": str(log_dir / "cache"), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "reward_service.cli", "serve", "--port", str(port), *args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    cwd=REPO_ROOT)  # fmt: skip
-    server = RunningServer(process, port, log_path)
+    server = RunningServer(process, port, log_path, grpc_port)
     if wait_ready:
         wait_until_ready(server, timeout_s)
     return server

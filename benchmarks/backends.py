@@ -1,0 +1,123 @@
+"""Backends compared on one model: texts/s for torch, onnx fp32 and onnx int8, and their agreement.
+
+    flock /tmp/rlhf-cpu.lock .venv/bin/python benchmarks/backends.py
+
+Exports the model (the project's default reward model unless --model) to fp32 and int8 ONNX
+folders, loads all three the way the server does, and times backend.forward on the same padded
+batches of seeded 20-60-word texts. The backends take turns within each round, so a neighbour's
+load slows all three alike; ratios are per round, and every figure is a median over rounds.
+Agreement is over all texts: max |reward - torch reward| and Spearman rank correlation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from reward_service.config import ModelSpec, default_cache_dir  # noqa: E402
+from reward_service.default_model import ensure_default_model  # noqa: E402
+from reward_service.export import export_model, sample_texts, spearman  # noqa: E402
+from reward_service.loading import LoadedModel, load_model  # noqa: E402
+
+BATCH_SIZES = (1, 8, 32)
+
+
+def load(name: str, folder: Path, backend: str) -> LoadedModel:
+    return load_model(ModelSpec(name=name, source=str(folder), backend=backend))
+
+
+def agreement(models: dict[str, LoadedModel], texts: list[str]) -> dict[str, tuple[float, float]]:
+    rewards = {}
+    for name, model in models.items():
+        parts = []
+        for start in range(0, len(texts), 32):
+            features = model.encoder.pad(model.encoder.encode(texts[start : start + 32]))
+            parts.extend(model.resolved.map_logits(model.backend.forward(features)))
+        rewards[name] = parts
+    import numpy as np
+
+    reference = np.asarray(rewards["torch"])
+    return {
+        name: (float(np.abs(np.asarray(values) - reference).max()), spearman(reference, values))
+        for name, values in rewards.items()
+    }
+
+
+def throughput(
+    models: dict[str, LoadedModel], texts: list[str], batch_size: int, rounds: int, min_items: int
+) -> dict[str, list[float]]:
+    """Texts/s per round for each backend, on identical pre-padded batches."""
+    encoder = next(iter(models.values())).encoder
+    count = max(min_items, batch_size)
+    batches = [
+        encoder.pad(encoder.encode(texts[start : start + batch_size]))
+        for start in range(0, count, batch_size)
+    ]
+    for model in models.values():  # warm up: first runs allocate and pick kernels
+        model.backend.forward(batches[0])
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            started = time.perf_counter()
+            for features in batches:
+                model.backend.forward(features)
+            rates[name].append(count / (time.perf_counter() - started))
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="Model folder (default: the project's default model).")
+    parser.add_argument("--rounds", type=int, default=9, help="Timed rounds per batch size.")
+    parser.add_argument("--items", type=int, default=64, help="Texts per backend per round.")
+    parser.add_argument("--texts", type=int, default=512, help="Texts for the agreement figures.")
+    args = parser.parse_args()
+
+    source = Path(args.model) if args.model else ensure_default_model(default_cache_dir())
+    texts = sample_texts(max(args.texts, args.items), min_words=20, max_words=60, seed=0)
+    with tempfile.TemporaryDirectory(prefix="backends-bench-") as work:
+        exported = {}
+        for quantize in (None, "int8"):
+            out = Path(work) / (quantize or "fp32")
+            metadata = export_model(str(source), out, quantize=quantize)
+            exported[quantize or "fp32"] = (out, metadata)
+        models = {
+            "torch": load("torch", source, "torch"),
+            "onnx fp32": load("onnx-fp32", exported["fp32"][0], "onnx"),
+            "onnx int8": load("onnx-int8", exported["int8"][0], "onnx"),
+        }
+        agree = agreement(models, texts[: args.texts])
+        rates = {
+            size: throughput(models, texts, size, args.rounds, args.items) for size in BATCH_SIZES
+        }
+
+    torch_model = models["torch"]
+    print(f"model: {source}")
+    recipe = exported["int8"][1]["int8_recipe"]
+    print(f"  max_length {torch_model.encoder.max_length}; {len(texts)} seeded texts of 20-60 "
+          f"words; {args.rounds} rounds x {args.items} texts per backend, medians; int8: "
+          f"{recipe['op_types']} per_channel={recipe['per_channel']}, fp32 kept: "
+          f"{recipe['fp32_nodes']}")  # fmt: skip
+    header = "".join(f"{f'batch {size} texts/s (x torch)':>28}" for size in BATCH_SIZES)
+    print(f"{'backend':<11}{header}{'max |Δ| reward':>16}{'Spearman':>10}")
+    for name in models:
+        cells = []
+        for size in BATCH_SIZES:
+            per_round = rates[size][name]
+            ratios = [
+                rate / base for rate, base in zip(per_round, rates[size]["torch"], strict=True)
+            ]
+            cells.append(f"{statistics.median(per_round):9.1f} (x{statistics.median(ratios):.2f})")
+        max_diff, rank = agree[name]
+        print(f"{name:<11}{''.join(f'{cell:>28}' for cell in cells)}{max_diff:>16.2e}{rank:>10.4f}")
+
+
+if __name__ == "__main__":
+    main()

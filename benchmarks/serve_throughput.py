@@ -1,0 +1,500 @@
+"""Serving throughput: the reward service against the in-process limit and a naive server.
+
+One run measures, with the default MiniLM-L6 reward model and seeded 20-60-word texts:
+  (a) the in-process batched forward (tokenize + pad + forward + reward mapping, the service's own
+      code without a server) at batch sizes 1-32; its best is "the limit";
+  (b) `reward-service serve` in a subprocess, at concurrency 1, 8, 32 and 128 with single-text and
+      16-text requests;
+  (c) a naive server (benchmarks/naive_server.py: one forward per request, no batching across
+      requests) at the same concurrencies.
+The same served cells are also measured over gRPC (RewardService.Score on the same server, one
+HTTP/2 channel), printed as a REST vs gRPC table.
+It prints texts/s, p50/p99 latency, the server's peak resident memory (VmHWM) and the ratios that
+issue 2's targets are stated in. The load generator is a closed loop of `concurrency` aiohttp
+clients on loopback, with request bodies serialised up front so it costs the server little CPU.
+
+    python benchmarks/serve_throughput.py [--duration-s 10] [--quick] [--device cpu]
+        [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+BENCHMARKS = Path(__file__).resolve().parent
+CONCURRENCIES = (1, 8, 32, 128)
+REQUEST_SIZES = (1, 16)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+TEXT_POOL_SIZE = 512
+SEED = 0
+READY_TIMEOUT_S = 180.0
+WORDS = """
+the a an this that movie film story plot actor actress scene music score camera director script
+dialogue ending character hero villain friend family city night day world time life love war
+great good fine bad awful terrible wonderful brilliant dull boring slow fast funny sad dark bright
+quiet loud long short strange familiar honest clever silly beautiful ugly warm cold tender brutal
+was is were be been felt seemed looked sounded moved worked failed played watched loved hated
+enjoyed laughed cried waited wanted expected remembered forgot noticed believed found made took
+very quite rather almost never always often sometimes really simply barely truly mostly finally
+and but or so because although while when after before until since though yet if then
+with without about against between through during under over into onto from of for by at in on
+I you he she we they it me him her us them my your his our their its who what which where why
+first second last every each other another same different whole entire single little big small
+performance editing pacing soundtrack costume lighting effect sequence moment chapter series
+audience critic theater screen ticket popcorn seat crowd row review opinion rating star point
+""".split()
+
+
+def make_texts(count: int, seed: int = SEED) -> list[str]:
+    """Deterministic 20-60-word texts drawn from WORDS (no network, no data set)."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(20, 60))]
+        texts.append(" ".join(words).capitalize() + ".")
+    return texts
+
+
+# -- (a) in-process ---------------------------------------------------------------------------
+
+
+@dataclass
+class InProcess:
+    texts_per_s: dict[int, float]
+    single_text_latency_s: float  # median of one-text tokenize + forward + mapping
+
+    @property
+    def limit(self) -> tuple[int, float]:
+        best = max(self.texts_per_s, key=self.texts_per_s.__getitem__)
+        return best, self.texts_per_s[best]
+
+
+def measure_in_process(
+    model_dir: Path, texts: list[str], args: argparse.Namespace, batch_sizes: tuple[int, ...]
+) -> InProcess:
+    from reward_service.config import ModelSpec
+    from reward_service.loading import load_model
+
+    model = load_model(
+        ModelSpec(name="default", source=str(model_dir), device=args.device, dtype=args.dtype)
+    )
+
+    def score(batch: list[str]) -> np.ndarray:
+        features = model.encoder.pad(model.encoder.encode(batch))
+        return model.resolved.map_logits(model.backend.forward(features))
+
+    duration_s = max(1.0, args.duration_s / 2)
+    texts_per_s: dict[int, float] = {}
+    single_latencies: list[float] = []
+    for batch_size in batch_sizes:
+        batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        for batch in batches[:3]:  # warm-up: allocations and first-shape costs
+            score(batch)
+        done = 0
+        latencies = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < duration_s or len(latencies) < 3:
+            batch = batches[len(latencies) % len(batches)]
+            call_started = time.perf_counter()
+            score(batch)
+            latencies.append(time.perf_counter() - call_started)
+            done += len(batch)
+        texts_per_s[batch_size] = done / (time.perf_counter() - started)
+        if batch_size == 1:
+            single_latencies = latencies
+        print(f"  in-process batch {batch_size:>2}: {texts_per_s[batch_size]:7.1f} texts/s")
+    if not single_latencies:  # batch size 1 not measured: time single texts on their own
+        for text in texts[:50]:
+            call_started = time.perf_counter()
+            score([text])
+            single_latencies.append(time.perf_counter() - call_started)
+    return InProcess(texts_per_s, float(np.median(single_latencies)))
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], port: int) -> Iterator[subprocess.Popen]:
+    """Starts a server subprocess and yields it once /health/ready answers 200."""
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:4]} not ready after {READY_TIMEOUT_S:.0f} s")
+            try:
+                url = f"http://127.0.0.1:{port}/health/ready"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.25)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# -- (b), (c) the load generator --------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    server: str
+    texts_per_request: int
+    concurrency: int
+    texts_per_s: float
+    p50_s: float
+    p99_s: float
+    peak_rss_mb: float
+    failed: int
+
+
+@contextlib.asynccontextmanager
+async def http_sender(url: str) -> AsyncIterator[Callable[[bytes], Awaitable[bool]]]:
+    """POSTs a JSON body; True when it was answered 200."""
+    headers = {"content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def send(body: bytes) -> bool:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return response.status == 200
+
+        yield send
+
+
+@contextlib.asynccontextmanager
+async def grpc_sender(target: str) -> AsyncIterator[Callable[[bytes], Awaitable[bool]]]:
+    """Calls RewardService.Score with a serialised ScoreRequest; True when it returned OK."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        score = channel.unary_unary("/reward.v1.RewardService/Score")  # bytes in, bytes out
+
+        async def send(body: bytes) -> bool:
+            try:
+                await score(body, timeout=600)
+            except grpc.RpcError:
+                return False
+            return True
+
+        yield send
+
+
+async def drive(
+    sender: contextlib.AbstractAsyncContextManager[Callable[[bytes], Awaitable[bool]]],
+    bodies: list[bytes],
+    texts_per_request: int,
+    concurrency: int,
+    duration_s: float,
+) -> tuple[float, list[float], int]:
+    """Closed loop: `concurrency` clients each send, wait for the answer, send again.
+
+    Warm-up lasts until every client has had one answer (the queue is in steady state) and at
+    least a second; then requests ending in the next `duration_s` are counted. In-flight requests
+    are answered before returning, so the next cell starts on an idle server.
+    """
+    first_answers = 0
+    all_answered = asyncio.Event()
+    window: list[float] = []  # [start, end] of the measured window, once known
+    latencies: list[float] = []
+    failed = 0
+    counted_texts = 0
+    loop_started = time.perf_counter()
+
+    async def client(send: Callable[[bytes], Awaitable[bool]], index: int) -> None:
+        nonlocal first_answers, failed, counted_texts
+        position = index
+        answered = 0
+        while not window or time.perf_counter() < window[1]:
+            body = bodies[position % len(bodies)]
+            position += concurrency
+            started = time.perf_counter()
+            ok = await send(body)
+            ended = time.perf_counter()
+            answered += 1
+            if answered == 1:
+                first_answers += 1
+                if first_answers == concurrency:
+                    all_answered.set()
+                continue
+            if window and window[0] <= ended <= window[1]:
+                if ok:
+                    latencies.append(ended - started)
+                    counted_texts += texts_per_request
+                else:
+                    failed += 1
+
+    async with sender as send:
+        clients = [asyncio.create_task(client(send, i)) for i in range(concurrency)]
+        await all_answered.wait()
+        await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - loop_started)))
+        now = time.perf_counter()
+        window.extend([now, now + duration_s])
+        await asyncio.gather(*clients)
+    return counted_texts / duration_s, latencies, failed
+
+
+def measure_server(
+    name: str,
+    command: list[str],
+    port: int,
+    texts: list[str],
+    concurrencies: tuple[int, ...],
+    duration_s: float,
+    grpc_port: int | None = None,
+) -> list[Cell]:
+    """REST cells named `name`; with `grpc_port`, each followed by the same cell over gRPC."""
+    cells = []
+    url = f"http://127.0.0.1:{port}/v1/score"
+    with running_server(command, port) as process:
+        for size in REQUEST_SIZES:
+            chunks = [texts[i : i + size] for i in range(0, len(texts) - size + 1, size)]
+            transports = [
+                (
+                    name,
+                    lambda: http_sender(url),
+                    [json.dumps({"texts": c}).encode() for c in chunks],
+                )
+            ]
+            if grpc_port:
+                from reward_service.grpc_gen import reward_pb2
+
+                messages = [reward_pb2.ScoreRequest(texts=c).SerializeToString() for c in chunks]
+                transports.append(("grpc", lambda: grpc_sender(f"127.0.0.1:{grpc_port}"), messages))
+            for concurrency in concurrencies:
+                for cell_name, sender, bodies in transports:
+                    rate, latencies, failed = asyncio.run(
+                        drive(sender(), bodies, size, concurrency, duration_s)
+                    )
+                    p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (np.nan,) * 2
+                    rss_mb = peak_rss_mb(process.pid)
+                    cells.append(Cell(cell_name, size, concurrency, rate, p50, p99, rss_mb, failed))
+                    print(
+                        f"  {cell_name:<7} {size:>2} text(s) c={concurrency:<3}: {rate:7.1f} "
+                        f"texts/s, p50 {p50 * 1e3:7.1f} ms, p99 {p99 * 1e3:7.1f} ms"
+                    )
+    return cells
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def describe_machine(args: argparse.Namespace) -> str:
+    import torch
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    line = (
+        f"machine: {cpu}; {os.cpu_count()} cores ({usable} usable); torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads; python {platform.python_version()}; "
+        f"device {args.device}, dtype {args.dtype}"
+    )
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        line += f" ({torch.cuda.get_device_name()})"
+    return line
+
+
+def print_report(
+    in_process: InProcess, served: list[Cell], naive: list[Cell], over_grpc: list[Cell]
+) -> bool:
+    best_batch, limit = in_process.limit
+    single_ms = in_process.single_text_latency_s * 1e3
+    print()
+    print("in-process (tokenize + forward + mapping):")
+    print("  " + "  ".join(f"b={b}: {r:.1f}" for b, r in in_process.texts_per_s.items()))
+    print(f"  limit {limit:.1f} texts/s at batch {best_batch}; one text {single_ms:.1f} ms")
+    print()
+    naive_rate = {(c.texts_per_request, c.concurrency): c.texts_per_s for c in naive}
+    header = (
+        f"{'server':<8}{'texts/req':>9}{'conc':>6}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'peak MB':>9}{'/in-proc':>9}{'/naive':>8}{'fail':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for cell in [*served, *naive]:
+        versus_naive = ""
+        if cell.server == "service":
+            base = naive_rate.get((cell.texts_per_request, cell.concurrency))
+            versus_naive = f"{cell.texts_per_s / base:.2f}" if base else "-"
+        print(
+            f"{cell.server:<8}{cell.texts_per_request:>9}{cell.concurrency:>6}"
+            f"{cell.texts_per_s:>9.1f}{cell.p50_s * 1e3:>9.1f}{cell.p99_s * 1e3:>9.1f}"
+            f"{cell.peak_rss_mb:>9.0f}{cell.texts_per_s / limit:>9.2f}{versus_naive:>8}"
+            f"{cell.failed:>6}"
+        )
+    print()
+
+    def served_cell(size: int, concurrency: int) -> Cell | None:
+        return next(
+            (c for c in served if c.texts_per_request == size and c.concurrency == concurrency),
+            None,
+        )
+
+    checks = []
+    for size in REQUEST_SIZES:
+        cell = served_cell(size, 32)
+        if cell:
+            ratio = cell.texts_per_s / limit
+            checks.append((f"served/in-process at c=32, {size}-text >= 0.85", ratio >= 0.85,
+                           f"{ratio:.2f}"))  # fmt: skip
+    cell = served_cell(1, 32)
+    if cell and naive_rate.get((1, 32)):
+        ratio = cell.texts_per_s / naive_rate[(1, 32)]
+        checks.append(("served/naive at c=32, 1-text >= 1.8", ratio >= 1.8, f"{ratio:.2f}"))
+    cell = served_cell(1, 1)
+    if cell:
+        overhead_ms = cell.p50_s * 1e3 - single_ms
+        checks.append((
+            "c=1 p50 - in-process one-text latency <= 3 ms", overhead_ms <= 3.0,
+            f"{cell.p50_s * 1e3:.1f} - {single_ms:.1f} = {overhead_ms:+.1f} ms",
+        ))  # fmt: skip
+    peak = max((c.peak_rss_mb for c in served if c.concurrency == 128), default=None)
+    if peak is not None:
+        checks.append(("service peak memory at c=128 < 1.5 GB", peak < 1536, f"{peak:.0f} MB"))
+    print("targets (issue 2):")
+    for name, ok, value in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
+    return print_grpc_report(served, over_grpc) and all(ok for _, ok, _ in checks)
+
+
+def print_grpc_report(served: list[Cell], over_grpc: list[Cell]) -> bool:
+    """REST and gRPC side by side on the same server, and issue 3's target."""
+    if not over_grpc:
+        return True
+    rest = {(c.texts_per_request, c.concurrency): c for c in served}
+    print()
+    header = (
+        f"{'texts/req':>9}{'conc':>6}{'REST/s':>9}{'gRPC/s':>9}{'gRPC/REST':>10}"
+        f"{'REST p50':>9}{'gRPC p50':>9}{'REST p99':>9}{'gRPC p99':>9}{'fail':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    checks = []
+    for cell in over_grpc:
+        base = rest[(cell.texts_per_request, cell.concurrency)]
+        ratio = cell.texts_per_s / base.texts_per_s if base.texts_per_s else float("nan")
+        print(
+            f"{cell.texts_per_request:>9}{cell.concurrency:>6}{base.texts_per_s:>9.1f}"
+            f"{cell.texts_per_s:>9.1f}{ratio:>10.2f}"
+            f"{base.p50_s * 1e3:>9.1f}{cell.p50_s * 1e3:>9.1f}"
+            f"{base.p99_s * 1e3:>9.1f}{cell.p99_s * 1e3:>9.1f}{base.failed + cell.failed:>6}"
+        )
+        if cell.concurrency == 32:
+            checks.append((f"gRPC/REST at c=32, {cell.texts_per_request}-text >= 1.0",
+                           ratio >= 1.0, f"{ratio:.2f}"))  # fmt: skip
+    print()
+    print("targets (issue 3):")
+    for name, ok, value in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
+    return all(ok for _, ok, _ in checks)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=float, default=10.0,
+                        help="Measured seconds per server cell (in-process: half).")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="Smoke run: 2 s cells, concurrency 1 and 32, batch 1, 8.")  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (model and naive server).")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--skip-naive", action="store_true", help="Measure only (a) and (b).")
+    parser.add_argument("--skip-grpc", action="store_true", help="Serve and measure REST only.")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="Extra argument for `reward-service serve` (repeatable).")  # fmt: skip
+    args = parser.parse_args()
+    concurrencies, batch_sizes = CONCURRENCIES, BATCH_SIZES
+    if args.quick:
+        args.duration_s = min(args.duration_s, 2.0)
+        concurrencies, batch_sizes = (1, 32), (1, 8)
+
+    from reward_service.config import default_cache_dir
+    from reward_service.default_model import ensure_default_model
+
+    print(describe_machine(args))
+    model_dir = ensure_default_model(default_cache_dir())
+    texts = make_texts(TEXT_POOL_SIZE)
+    words = [len(text.split()) for text in texts]
+    print(f"model: {model_dir.name}; {len(texts)} texts of {min(words)}-{max(words)} words")
+    print(f"cells: {args.duration_s:g} s measured each, after warm-up")
+
+    print("(a) in-process")
+    in_process = measure_in_process(model_dir, texts, args, batch_sizes)
+    model_options = ["--device", args.device, "--dtype", args.dtype]
+
+    print("(b) reward-service serve")
+    port, grpc_port = free_port(), 0 if args.skip_grpc else free_port()
+    service = [sys.executable, "-m", "reward_service.cli", "serve", "--port", str(port),
+               "--grpc-port", str(grpc_port), "--log-level", "warning", *model_options,
+               *args.serve_arg]  # fmt: skip
+    served = measure_server(
+        "service", service, port, texts, concurrencies, args.duration_s, grpc_port=grpc_port
+    )
+    over_grpc = [cell for cell in served if cell.server == "grpc"]
+    served = [cell for cell in served if cell.server != "grpc"]
+
+    naive: list[Cell] = []
+    if not args.skip_naive:
+        print("(c) naive server")
+        port = free_port()
+        naive_command = [sys.executable, str(BENCHMARKS / "naive_server.py"), "--port", str(port),
+                         "--model", str(model_dir), *model_options]  # fmt: skip
+        naive = measure_server("naive", naive_command, port, texts, concurrencies, args.duration_s)
+
+    print()
+    print(describe_machine(args))
+    return 0 if print_report(in_process, served, naive, over_grpc) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""AsyncRewardClient: the asyncio twin of RewardClient, with the same options and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from reward_service.client.base import (
+    BaseRewardClient,
+    Call,
+    Chunk,
+    ItemLimitExceeded,
+    Retryable,
+    assemble,
+    make_transports,
+    transport_kind,
+)
+from reward_service.client.errors import DeadlineExceeded
+
+
+class AsyncRewardClient(BaseRewardClient):
+    """Scores texts on one or more reward-service endpoints; `await client.score(...)`.
+
+        async with AsyncRewardClient(["http://a:8000", "http://b:8000"]) as client:
+            rewards = await client.score(prompts=prompts, completions=completions)
+
+    Same arguments, options and exceptions as RewardClient. At most `max_concurrency` requests
+    of this client are in flight at once; the deadline is enforced on the whole call.
+    """
+
+    def __init__(self, url_or_urls: str | Sequence[str], **options) -> None:
+        super().__init__(url_or_urls, **options)
+        self._transports = make_transports(self.urls, self.config, asynchronous=True)
+        self._slots = asyncio.Semaphore(self.config.max_concurrency)
+
+    async def score(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        prompts: Sequence[str] | None = None,
+        completions: Sequence[str] | None = None,
+        model: str | None = None,
+    ) -> list[float]:
+        """One reward per text (or per prompt/completion pair), in order."""
+        whole, chunks = self._plan(texts, prompts, completions)
+        call = Call.start(self.config, self.pool)
+        model = self._model(model)
+        tasks = [asyncio.ensure_future(self._score_in_slot(call, chunk, model)) for chunk in chunks]
+        try:
+            if call.deadline is None:
+                rewards = await asyncio.gather(*tasks)
+            else:
+                timeout_s = max(0.0, call.deadline - time.monotonic())
+                rewards = await asyncio.wait_for(asyncio.gather(*tasks), timeout_s)
+        except DeadlineExceeded:
+            raise
+        except asyncio.TimeoutError:  # wait_for's: the deadline passed mid-request
+            raise call.deadline_exceeded() from None
+        finally:
+            for task in tasks:
+                task.cancel()
+        return assemble(whole, list(zip(chunks, rewards, strict=True)))
+
+    async def _score_in_slot(self, call: Call, chunk: Chunk, model: str | None) -> list[float]:
+        async with self._slots:
+            return await self._score_chunk(call, chunk, model)
+
+    async def _score_chunk(self, call: Call, chunk: Chunk, model: str | None) -> list[float]:
+        retry = 0
+        while True:
+            timeout_s = call.attempt_timeout_s()
+            endpoint = self.pool.acquire()
+            transport = self._transports[transport_kind(endpoint.url)]
+            try:
+                rewards = await transport.score(endpoint.url, chunk, model, timeout_s)
+            except ItemLimitExceeded:
+                self.pool.release(endpoint, healthy=True)
+                rewards = []
+                for part in self._shrink(chunk, endpoint):
+                    rewards += await self._score_chunk(call, part, model)
+                return rewards
+            except Retryable as error:
+                self.pool.release(endpoint, healthy=False)
+                retry += 1
+                await asyncio.sleep(call.retry_delay_s(retry, endpoint, error))
+                continue
+            except BaseException:
+                self.pool.release(endpoint, healthy=True)
+                raise
+            self.pool.release(endpoint, healthy=True)
+            return rewards
+
+    async def aclose(self) -> None:
+        for transport in self._transports.values():
+            await transport.aclose()
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,298 @@
+"""What the sync and async clients share: configuration, request splitting, the retry policy and
+endpoint choice. Only the waiting differs between them (threads and time.sleep, or tasks and
+asyncio.sleep), so every decision is made here and both clients just act on it."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from reward_service.client.errors import BadRequest, DeadlineExceeded, Unavailable
+
+logger = logging.getLogger("reward_service.client")
+
+SCHEMES = ("http://", "https://", "grpc://")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Every knob, with its default. Pass any of them to the client as a keyword argument."""
+
+    timeout_s: float = 30.0  # one request (one attempt), at most
+    deadline_s: float | None = None  # one score() call, retries and all; None: no overall limit
+    max_retries: int = 8  # per request, after its first attempt
+    backoff_base_s: float = 0.1  # first retry waits about this long; doubling each retry
+    backoff_max_s: float = 5.0  # the longest wait between retries (Retry-After may ask longer)
+    # Items per request. The server's default limit is 1024; a smaller server limit is learned
+    # from its 413 answer (HTTP) and the client splits smaller from then on.
+    max_items_per_request: int = 256
+    max_concurrency: int = 4  # requests of one call in flight at once
+    endpoint_cooldown_s: float = 1.0  # a failing endpoint is avoided this long (doubling, x8 max)
+    api_key: str | None = None  # sent as `Authorization: Bearer KEY` (HTTP header, gRPC metadata)
+    model: str | None = None  # the server's first model if None
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "backoff_base_s", "backoff_max_s", "endpoint_cooldown_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError("deadline_s must be positive (or None for no deadline)")
+        for name in ("max_items_per_request", "max_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be at least 0")
+
+
+def backoff_delay_s(
+    retry: int, base_s: float, max_s: float, rng: Callable[[], float] = random.random
+) -> float:
+    """Wait before retry number `retry` (1, 2, ...): exponential, capped, with "equal jitter"
+    (half the step fixed, half random), so clients that failed together do not retry together
+    yet never hammer a restarting server with near-zero waits."""
+    step_s = min(max_s, base_s * 2 ** (retry - 1))
+    return step_s / 2 + rng() * step_s / 2
+
+
+class Retryable(Exception):  # noqa: N818 (internal signal between transport and retry loop)
+    """A transport's verdict: this attempt failed in a way another attempt may not."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+class ItemLimitExceeded(Exception):  # noqa: N818
+    """A transport's verdict: the server takes fewer items per request than were sent (413)."""
+
+
+class CallAborted(Exception):  # noqa: N818
+    """Another request of the same call failed for good; this one stops too."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One request's worth of a call: items [start, start + size) of the caller's lists."""
+
+    start: int
+    texts: list[str] | None = None
+    prompts: list[str] | None = None
+    completions: list[str] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.texts if self.texts is not None else self.completions or [])
+
+    def split(self, size: int) -> list[Chunk]:
+        def part(items: list[str] | None, at: int) -> list[str] | None:
+            return None if items is None else items[at : at + size]
+
+        return [
+            replace(self, start=self.start + at, texts=part(self.texts, at),
+                    prompts=part(self.prompts, at), completions=part(self.completions, at))
+            for at in range(0, self.size, size)
+        ]  # fmt: skip
+
+
+def whole_call(
+    texts: Sequence[str] | None, prompts: Sequence[str] | None, completions: Sequence[str] | None
+) -> Chunk:
+    """The caller's input checked and held as one chunk (split before sending)."""
+    has_pairs = prompts is not None or completions is not None
+    if (texts is None) == (not has_pairs):
+        raise BadRequest("pass either texts=, or prompts= and completions=")
+    if has_pairs:
+        if prompts is None or completions is None:
+            raise BadRequest("prompts= and completions= go together")
+        if len(prompts) != len(completions):
+            raise BadRequest(
+                f"{len(prompts)} prompts for {len(completions)} completions: they pair one to one"
+            )
+        return Chunk(0, prompts=list(prompts), completions=list(completions))
+    return Chunk(0, texts=list(texts or ()))
+
+
+@dataclass
+class Endpoint:
+    url: str
+    outstanding: int = 0
+    failures: int = 0  # consecutive
+    down_until: float = 0.0  # time.monotonic(); avoided until then
+
+
+class EndpointPool:
+    """Least outstanding requests, ties taken in turn; an endpoint that fails is avoided for a
+    cooldown (doubling with each consecutive failure) and taken back once it answers again.
+    Thread-safe: the sync client's worker threads share it."""
+
+    def __init__(
+        self, urls: Sequence[str], cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.endpoints = [Endpoint(url) for url in urls]
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> Endpoint:
+        with self._lock:
+            now = self.clock()
+            up = [endpoint for endpoint in self.endpoints if endpoint.down_until <= now]
+            # All down: try the one due back soonest rather than not trying at all.
+            candidates = up or [min(self.endpoints, key=lambda endpoint: endpoint.down_until)]
+            count = len(self.endpoints)
+            self._turn += 1
+            chosen = min(
+                candidates,
+                key=lambda e: (e.outstanding, (self.endpoints.index(e) - self._turn) % count),
+            )
+            chosen.outstanding += 1
+            return chosen
+
+    def release(self, endpoint: Endpoint, *, healthy: bool) -> None:
+        with self._lock:
+            endpoint.outstanding -= 1
+            if healthy:
+                endpoint.failures, endpoint.down_until = 0, 0.0
+                return
+            endpoint.failures += 1
+            backoff = self.cooldown_s * min(2 ** (endpoint.failures - 1), 8)
+            endpoint.down_until = self.clock() + backoff
+
+    def another_is_up(self, endpoint: Endpoint) -> bool:
+        with self._lock:
+            now = self.clock()
+            return any(e is not endpoint and e.down_until <= now for e in self.endpoints)
+
+
+@dataclass
+class Call:
+    """One score() call: its deadline, and whether it has been given up."""
+
+    config: ClientConfig
+    pool: EndpointPool
+    deadline: float | None = None  # time.monotonic()
+    aborted: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def start(cls, config: ClientConfig, pool: EndpointPool) -> Call:
+        deadline = None if config.deadline_s is None else time.monotonic() + config.deadline_s
+        return cls(config, pool, deadline)
+
+    def attempt_timeout_s(self) -> float:
+        """This attempt's timeout: the per-request timeout, or less if the deadline is nearer."""
+        if self.aborted.is_set():
+            raise CallAborted
+        if self.deadline is None:
+            return self.config.timeout_s
+        remaining_s = self.deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise self.deadline_exceeded()
+        return min(self.config.timeout_s, remaining_s)
+
+    def retry_delay_s(self, retry: int, endpoint: Endpoint, error: Retryable) -> float:
+        """How long to wait before retry number `retry`, or the error that ends the call."""
+        if retry > self.config.max_retries:
+            raise Unavailable(
+                f"gave up after {retry} attempts; last: {error}", endpoint=endpoint.url
+            ) from error
+        if self.pool.another_is_up(endpoint):
+            delay_s = 0.0  # fail over at once; backing off is for when every endpoint is down
+        else:
+            delay_s = backoff_delay_s(retry, self.config.backoff_base_s, self.config.backoff_max_s)
+        if error.retry_after_s is not None:
+            delay_s = max(delay_s, error.retry_after_s)
+        if self.deadline is not None and time.monotonic() + delay_s >= self.deadline:
+            raise self.deadline_exceeded() from error
+        logger.info("retry %d in %.2f s: %s (%s)", retry, delay_s, error, endpoint.url)
+        return delay_s
+
+    def deadline_exceeded(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"the call's deadline of {self.config.deadline_s} s passed")
+
+
+def transport_kind(url: str) -> str:
+    return "grpc" if url.startswith("grpc://") else "http"
+
+
+def make_transports(urls: Sequence[str], config: ClientConfig, *, asynchronous: bool) -> dict:
+    """One transport per kind the endpoints use; gRPC's stubs are imported only when needed."""
+    transports: dict = {}
+    for kind in {transport_kind(url) for url in urls}:
+        if kind == "grpc":
+            from reward_service.client.grpc_transport import AsyncGrpcTransport, GrpcTransport
+
+            transports[kind] = (AsyncGrpcTransport if asynchronous else GrpcTransport)(config)
+        else:
+            from reward_service.client.http_transport import AsyncHttpTransport, HttpTransport
+
+            transports[kind] = (AsyncHttpTransport if asynchronous else HttpTransport)(config)
+    return transports
+
+
+def parse_urls(url_or_urls: str | Sequence[str]) -> list[str]:
+    urls = [url_or_urls] if isinstance(url_or_urls, str) else list(url_or_urls)
+    if not urls:
+        raise ValueError("give at least one endpoint URL")
+    for url in urls:
+        if not url.startswith(SCHEMES):
+            raise ValueError(
+                f"endpoint {url!r} needs a scheme: http://host:port, https://... or grpc://host:port"
+            )
+    return [url.rstrip("/") for url in urls]
+
+
+class BaseRewardClient:
+    """Configuration, splitting and the learned item limit; see RewardClient for the API."""
+
+    def __init__(self, url_or_urls: str | Sequence[str], **options) -> None:
+        self.urls = parse_urls(url_or_urls)
+        self.config = ClientConfig(**options)
+        self.pool = EndpointPool(self.urls, self.config.endpoint_cooldown_s)
+        self._items_per_request = self.config.max_items_per_request
+        self._limit_lock = threading.Lock()
+
+    @property
+    def items_per_request(self) -> int:
+        """Items sent in one request: the configured limit, or less once a server said so."""
+        return self._items_per_request
+
+    def _plan(
+        self,
+        texts: Sequence[str] | None,
+        prompts: Sequence[str] | None,
+        completions: Sequence[str] | None,
+    ) -> tuple[Chunk, list[Chunk]]:
+        whole = whole_call(texts, prompts, completions)
+        return whole, whole.split(self._items_per_request) if whole.size else []
+
+    def _shrink(self, chunk: Chunk, endpoint: Endpoint) -> list[Chunk]:
+        """The server refused `chunk` as too large: halve the limit until it fits (413 names no
+        limit a client can rely on), remember it, and split the chunk again."""
+        if chunk.size == 1:
+            raise BadRequest("the server refuses even one item per request", status=413,
+                             endpoint=endpoint.url)  # fmt: skip
+        with self._limit_lock:
+            self._items_per_request = min(self._items_per_request, chunk.size // 2)
+            logger.info("server %s takes fewer items per request; now sending at most %d",
+                        endpoint.url, self._items_per_request)  # fmt: skip
+            return chunk.split(self._items_per_request)
+
+    def _model(self, model: str | None) -> str | None:
+        return model if model is not None else self.config.model
+
+
+def assemble(whole: Chunk, parts: Sequence[tuple[Chunk, list[float]]]) -> list[float]:
+    """Rewards in the caller's order, checking every item got exactly one."""
+    rewards: list[float | None] = [None] * whole.size
+    for chunk, chunk_rewards in parts:
+        if len(chunk_rewards) != chunk.size:
+            raise Unavailable(f"a server answered {len(chunk_rewards)} rewards for {chunk.size}")
+        rewards[chunk.start : chunk.start + chunk.size] = chunk_rewards
+    if any(reward is None for reward in rewards):
+        raise Unavailable("some items came back unscored")  # a bug, were it ever to happen
+    return rewards  # type: ignore[return-value]

@@ -1,0 +1,47 @@
+"""The client's exception hierarchy: one base, and a type per thing a caller may act on.
+
+RewardClientError
+├── BadRequest (also a ValueError)   the server refused the request itself; never retried
+│   └── ModelNotFound                no such model on the server
+├── Unauthorized                     missing or wrong API key; never retried
+├── ServerError                      the server failed in a way a retry would not fix (500)
+├── Unavailable                      retries ran out: endpoints down, overloaded or restarting
+└── DeadlineExceeded (also a TimeoutError)   the call's overall deadline passed
+"""
+
+from __future__ import annotations
+
+
+class RewardClientError(Exception):
+    """Base class. `status` is the HTTP status or gRPC code name where a server answered."""
+
+    def __init__(
+        self, message: str, *, status: int | str | None = None, endpoint: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.endpoint = endpoint
+
+
+class BadRequest(RewardClientError, ValueError):
+    """The request is malformed or inconsistent (HTTP 4xx, gRPC INVALID_ARGUMENT...)."""
+
+
+class ModelNotFound(BadRequest):
+    """The request names a model the server does not serve (HTTP 404, gRPC NOT_FOUND)."""
+
+
+class Unauthorized(RewardClientError):
+    """The server wants an API key and got none or a wrong one (HTTP 401/403, UNAUTHENTICATED)."""
+
+
+class ServerError(RewardClientError):
+    """The server answered with an error that is not worth retrying (HTTP 500, gRPC INTERNAL)."""
+
+
+class Unavailable(RewardClientError):
+    """Every retry failed on connection errors, timeouts, 429 or 502/503/504; see __cause__."""
+
+
+class DeadlineExceeded(RewardClientError, TimeoutError):
+    """The call's overall deadline passed before every item was scored."""

@@ -1,0 +1,111 @@
+"""RewardClient: the blocking client. Requests of one call run on a small thread pool."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+
+from reward_service.client.base import (
+    BaseRewardClient,
+    Call,
+    CallAborted,
+    Chunk,
+    ItemLimitExceeded,
+    Retryable,
+    assemble,
+    make_transports,
+    transport_kind,
+)
+
+
+class RewardClient(BaseRewardClient):
+    """Scores texts on one or more reward-service endpoints; blocking.
+
+        with RewardClient("http://127.0.0.1:8000") as client:
+            rewards = client.score(texts=["great movie", "dull"])
+
+    `url_or_urls`: one URL or a list (http://, https:// or grpc://host:port); load goes to the
+    endpoint with the fewest requests in flight, and away from one that fails until it answers
+    again. Options (see ClientConfig): timeout_s, deadline_s, max_retries, backoff_base_s,
+    backoff_max_s, max_items_per_request, max_concurrency, endpoint_cooldown_s, api_key, model.
+    Thread-safe: one client may serve many threads.
+    """
+
+    def __init__(self, url_or_urls: str | Sequence[str], **options) -> None:
+        super().__init__(url_or_urls, **options)
+        self._transports = make_transports(self.urls, self.config, asynchronous=False)
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    def score(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        prompts: Sequence[str] | None = None,
+        completions: Sequence[str] | None = None,
+        model: str | None = None,
+    ) -> list[float]:
+        """One reward per text (or per prompt/completion pair), in order. Raises BadRequest,
+        Unauthorized, ServerError, Unavailable or DeadlineExceeded (all RewardClientError)."""
+        whole, chunks = self._plan(texts, prompts, completions)
+        call = Call.start(self.config, self.pool)
+        model = self._model(model)
+        if len(chunks) <= 1:
+            return assemble(whole, [(chunk, self._score_chunk(call, chunk, model))
+                                    for chunk in chunks])  # fmt: skip
+        futures: dict[Future, Chunk] = {
+            self._workers().submit(self._score_chunk, call, chunk, model): chunk for chunk in chunks
+        }
+        try:
+            parts = [(futures[future], future.result()) for future in as_completed(futures)]
+        except BaseException:
+            call.aborted.set()  # the others stop at their next attempt or wait
+            for future in futures:
+                future.cancel()
+            raise
+        return assemble(whole, parts)
+
+    def _score_chunk(self, call: Call, chunk: Chunk, model: str | None) -> list[float]:
+        retry = 0
+        while True:
+            timeout_s = call.attempt_timeout_s()
+            endpoint = self.pool.acquire()
+            transport = self._transports[transport_kind(endpoint.url)]
+            try:
+                rewards = transport.score(endpoint.url, chunk, model, timeout_s)
+            except ItemLimitExceeded:
+                self.pool.release(endpoint, healthy=True)
+                parts = self._shrink(chunk, endpoint)
+                return [reward for part in parts for reward in self._score_chunk(call, part, model)]
+            except Retryable as error:
+                self.pool.release(endpoint, healthy=False)
+                retry += 1
+                if call.aborted.wait(call.retry_delay_s(retry, endpoint, error)):
+                    raise CallAborted from error
+                continue
+            except BaseException:
+                self.pool.release(endpoint, healthy=True)
+                raise
+            self.pool.release(endpoint, healthy=True)
+            return rewards
+
+    def _workers(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.config.max_concurrency, thread_name_prefix="reward-client"
+                )
+            return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        for transport in self._transports.values():
+            transport.close()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,274 @@
+"""The reward client against real servers on loopback ports: splitting, retries, failover,
+typed errors and deadlines; the pure retry schedule and endpoint choice without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest import RunningServer, start_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from reward_service.client import (
+    AsyncRewardClient,
+    BadRequest,
+    DeadlineExceeded,
+    ModelNotFound,
+    RewardClient,
+    Unavailable,
+    backoff_delay_s,
+)
+from reward_service.client.base import EndpointPool
+from reward_service.config import BatchingConfig, ModelSpec
+from reward_service.engine import Engine
+from reward_service.schemas import ScoreRequest
+
+LABELS = ["NEGATIVE", "POSITIVE"]
+# Scaled up so that distinct texts get clearly distinct rewards (a random head barely varies).
+PAIR_CONFIG = {"preset": "sentiment", "input_format": "pair", "scale": 1000.0}
+# Retries quick enough for a test, patient enough to outlast a server restart (several seconds).
+PATIENT = dict(max_retries=60, backoff_base_s=0.05, backoff_max_s=0.5, endpoint_cooldown_s=0.2)
+
+
+def many_texts(count: int, seed: int = 0) -> list[str]:
+    """Distinct texts of varied length, so any reordering or duplication changes the rewards."""
+    words = "good bad film plot slow wonderful dull actor scene music ending boring great".split()
+    rng = np.random.default_rng(seed)
+    return [
+        f"{index} " + " ".join(rng.choice(words, rng.integers(1, 12))) for index in range(count)
+    ]
+
+
+def in_process_rewards(folder, texts: list[str]) -> list[float]:
+    """The same model scored by an Engine in this process: what the server should answer."""
+    limits = BatchingConfig(max_items_per_request=len(texts), max_queue_items=len(texts))
+
+    async def score() -> list[float]:
+        engine = Engine([ModelSpec(name="m", source=str(folder))], limits)
+        await engine.start()
+        try:
+            return (await engine.score(ScoreRequest(texts=texts))).rewards
+        finally:
+            await engine.stop()
+
+    return asyncio.run(score())
+
+
+def assert_same_rewards(got: list[float], expected: list[float]) -> None:
+    """Equal up to float noise: batches padded differently differ in the last bits."""
+    assert len(got) == len(expected)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def score_requests(server: RunningServer, status: str = "200") -> float:
+    """REST /v1/score requests answered with `status`, from the server's own metrics."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    labels = {"transport": "http", "route": "/v1/score", "status": status}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "reward_requests_total" and labels.items() <= sample.labels.items():
+                return sample.value
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_model_factory):
+    return tiny_model_factory("client-sentiment", labels=LABELS, reward_config=PAIR_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def server(server_factory, folder) -> RunningServer:
+    """Takes at most 256 items per request (the client is told more, and learns)."""
+    return server_factory(["--model", f"m={folder}", "--max-items-per-request", "256"])
+
+
+# --- the pure parts -------------------------------------------------------------------------
+
+
+def test_backoff_doubles_from_the_base_up_to_the_cap_with_half_of_each_step_random():
+    low = [backoff_delay_s(retry, 0.1, 1.0, rng=lambda: 0.0) for retry in range(1, 7)]
+    high = [backoff_delay_s(retry, 0.1, 1.0, rng=lambda: 1.0) for retry in range(1, 7)]
+    assert low == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5])
+    assert high == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert 0.2 <= backoff_delay_s(3, 0.1, 1.0) <= 0.4
+
+
+def test_endpoints_are_chosen_by_fewest_outstanding_and_a_failed_one_waits_out_its_cooldown():
+    now = [0.0]
+    pool = EndpointPool(["http://a", "http://b"], cooldown_s=1.0, clock=lambda: now[0])
+    first, second = pool.acquire(), pool.acquire()
+    assert {first.url, second.url} == {"http://a", "http://b"}  # one each while both are busy
+    pool.release(first, healthy=False)
+    pool.release(second, healthy=True)
+    assert [pool.acquire().url for _ in range(3)] == [second.url] * 3  # failed one avoided
+    now[0] = 1.5
+    assert first.url in {pool.acquire().url for _ in range(2)}  # back after its cooldown
+
+
+def test_an_empty_call_returns_nothing_and_mismatched_pairs_are_refused_before_sending():
+    with RewardClient("http://127.0.0.1:9") as client:  # nothing listens there
+        assert client.score(texts=[]) == []
+        with pytest.raises(BadRequest, match="pair one to one"):
+            client.score(prompts=["a", "b"], completions=["c"])
+
+
+# --- against real servers -------------------------------------------------------------------
+
+
+def test_ten_thousand_texts_through_a_256_item_server_come_back_in_order_as_scored_in_process(
+    server, folder
+):
+    texts = many_texts(10_000)
+    with RewardClient(server.url, max_items_per_request=1000, max_concurrency=4) as client:
+        rewards = client.score(texts=texts)
+        assert client.items_per_request <= 256  # learned from the server's 413
+    assert len(rewards) == len(texts)
+    assert_same_rewards(rewards, in_process_rewards(folder, texts))
+
+
+def test_the_async_client_returns_exactly_what_the_sync_client_returns(server):
+    texts = many_texts(1_500, seed=1)
+    prompts, completions = texts[:700], texts[700:1400]
+    with RewardClient(server.url) as client:
+        expected = client.score(texts=texts), client.score(prompts=prompts, completions=completions)
+
+    async def score_async():
+        async with AsyncRewardClient(server.url, max_items_per_request=100) as client:
+            return await asyncio.gather(
+                client.score(texts=texts), client.score(prompts=prompts, completions=completions)
+            )
+
+    for got, want in zip(asyncio.run(score_async()), expected, strict=True):
+        assert_same_rewards(got, want)
+
+
+def test_the_grpc_transport_returns_exactly_what_http_returns(server):
+    texts = many_texts(600, seed=2)
+    with RewardClient(server.url) as http_client:
+        expected = http_client.score(texts=texts)
+    with RewardClient(f"grpc://{server.grpc_target}") as grpc_client:
+        assert_same_rewards(grpc_client.score(texts=texts), expected)
+        with pytest.raises(ModelNotFound):
+            grpc_client.score(texts=["x"], model="nope")
+
+    async def score_async():
+        async with AsyncRewardClient(f"grpc://{server.grpc_target}") as client:
+            return await client.score(texts=texts)
+
+    assert_same_rewards(asyncio.run(score_async()), expected)
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_a_422_is_raised_at_once_without_a_retry(server, twin):
+    before = score_requests(server, "422")
+    started = time.monotonic()
+    with pytest.raises(BadRequest) as raised:
+        if twin == "sync":
+            with RewardClient(server.url, **PATIENT) as client:
+                client.score(texts=["fine", None])
+        else:
+
+            async def score_async():
+                async with AsyncRewardClient(server.url, **PATIENT) as client:
+                    await client.score(texts=["fine", None])
+
+            asyncio.run(score_async())
+    assert raised.value.status == 422
+    assert time.monotonic() - started < 1.0
+    assert score_requests(server, "422") == before + 1
+
+
+def test_an_unknown_model_is_model_not_found_without_a_retry(server):
+    before = score_requests(server, "404")
+    with RewardClient(server.url, **PATIENT) as client, pytest.raises(ModelNotFound):
+        client.score(texts=["x"], model="nope")
+    assert score_requests(server, "404") == before + 1
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_the_deadline_is_honoured_even_while_the_server_holds_the_request(
+    server_factory, folder, twin
+):
+    # Each batch waits 10 s for company: a request of one item is answered only after that.
+    slow = server_factory(["--model", f"m={folder}", "--max-wait-ms", "10000"])
+    options = dict(deadline_s=0.5, timeout_s=30, **PATIENT)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        if twin == "sync":
+            with RewardClient(slow.url, **options) as client:
+                client.score(texts=["slow"])
+        else:
+
+            async def score_async():
+                async with AsyncRewardClient(slow.url, **options) as client:
+                    await client.score(texts=["slow"])
+
+            asyncio.run(score_async())
+    assert time.monotonic() - started < 1.5
+
+
+def test_retries_that_run_out_raise_unavailable():
+    client = RewardClient("http://127.0.0.1:9", max_retries=2, backoff_base_s=0.01)
+    with client, pytest.raises(Unavailable, match="3 attempts"):
+        client.score(texts=["x"])
+
+
+def test_a_server_restarted_mid_call_is_ridden_out_with_nothing_lost_or_duplicated(
+    tmp_path, folder
+):
+    texts = many_texts(6_000, seed=3)
+    args = ["--model", f"m={folder}", "--max-items-per-request", "256"]
+    first = start_server(args, tmp_path)
+    second = None
+    result: dict = {}
+
+    def long_call() -> None:
+        # One small request at a time: the call lasts long enough to straddle the restart.
+        with RewardClient(first.url, max_items_per_request=32, max_concurrency=1, **PATIENT) as c:
+            result["rewards"] = c.score(texts=texts)
+
+    caller = threading.Thread(target=long_call)
+    try:
+        caller.start()
+        while score_requests(first) < 5:
+            time.sleep(0.02)
+        first.stop()
+        assert caller.is_alive(), "the call finished before the restart: make it longer"
+        second = start_server(args, tmp_path, port=first.port)
+        caller.join(timeout=120)
+        assert not caller.is_alive()
+        assert score_requests(second) > 0  # the rest of the call went to the new process
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert len(result["rewards"]) == len(texts)
+    assert_same_rewards(result["rewards"], in_process_rewards(folder, texts))
+
+
+def test_with_two_replicas_and_one_killed_every_call_succeeds_and_it_is_used_again_when_back(
+    tmp_path, folder
+):
+    args = ["--model", f"m={folder}"]
+    replicas = [start_server(args, tmp_path), start_server(args, tmp_path)]
+    texts = many_texts(64, seed=4)
+    try:
+        with RewardClient([r.url for r in replicas], max_items_per_request=16, **PATIENT) as client:
+            expected = client.score(texts=texts)
+            assert all(score_requests(replica) > 0 for replica in replicas)  # load is spread
+            replicas[0].process.kill()
+            replicas[0].process.wait()
+            for _ in range(10):
+                assert_same_rewards(client.score(texts=texts), expected)
+            replicas[0] = start_server(args, tmp_path, port=replicas[0].port)
+            deadline = time.monotonic() + 30
+            while score_requests(replicas[0]) == 0 and time.monotonic() < deadline:
+                assert_same_rewards(client.score(texts=texts), expected)
+            assert score_requests(replicas[0]) > 0  # the revived replica takes requests again
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -1,0 +1,170 @@
+"""Training end to end on a tiny seeded model: it learns, and its folder serves as it is."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reward_service.training.cli import run as run_training_command
+from reward_service.training.data import Ranking, Scored, write_records
+from reward_service.training.evaluate import evaluate_file, held_out_set, pairwise_accuracy
+from reward_service.training.train import TrainConfig, train
+
+GOOD = ["great", "wonderful", "excellent", "superb", "delightful", "brilliant"]
+BAD = ["awful", "terrible", "boring", "dreadful", "dull", "horrible"]
+FILLER = ["the", "film", "story", "was", "a", "plot", "actors", "movie"]
+
+
+def snippet(rng: random.Random, score: int) -> str:
+    """A text whose score is (good words - bad words): separable by the words alone."""
+    words = [rng.choice(GOOD) for _ in range(max(score, 0))]
+    words += [rng.choice(BAD) for _ in range(max(-score, 0))]
+    words += rng.sample(FILLER, 3)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def scored_items(count: int, seed: int) -> list[Scored]:
+    rng = random.Random(seed)
+    return [Scored("", snippet(rng, score), float(score))
+            for score in (rng.randint(-2, 2) for _ in range(count))]  # fmt: skip
+
+
+def rankings(count: int, seed: int) -> list[Ranking]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        scores = rng.sample([-2, -1, 1, 2], 3)
+        ranks = [sorted(scores, reverse=True).index(score) + 1 for score in scores]
+        out.append(Ranking("", tuple(snippet(rng, s) for s in scores), tuple(ranks)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    """A 2-layer BERT encoder (hidden 32, seeded) with the MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from reward_service.default_model import minilm_folder
+
+    out = tmp_path_factory.mktemp("tiny-base")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("data")
+    files = {
+        "train.rankings": rankings(160, seed=1),
+        "validation.rankings": rankings(30, seed=2),
+        "train.scores": scored_items(400, seed=3),
+        "test.scores": scored_items(120, seed=4),
+    }
+    for name, records in files.items():
+        write_records(folder / f"{name}.jsonl", records)
+    return {name: folder / f"{name}.jsonl" for name in files}
+
+
+def tiny_config(objective: str, base: Path, **overrides) -> TrainConfig:
+    settings = dict(objective=objective, base=base, epochs=4, learning_rate=2e-3, batch_size=16,
+                    max_length=32, warmup_ratio=0.0, patience=2, seed=0)  # fmt: skip
+    return TrainConfig(**{**settings, **overrides})
+
+
+@pytest.mark.parametrize("objective", ["pairwise", "binary"])
+def test_a_tiny_model_learns_rankings_above_chance_and_its_folder_serves(
+    objective, tiny_base, data, tmp_path
+):
+    from reward_service.config import ModelSpec
+    from reward_service.loading import load_model
+
+    out = tmp_path / objective
+    result = train(data["train.rankings"], out, tiny_config(objective, tiny_base),
+                   eval_file=data["validation.rankings"])  # fmt: skip
+
+    assert result.best.pairwise_accuracy > 0.75  # chance is 0.5
+    assert result.epochs[0].epoch == 1 and result.best_epoch in [e.epoch for e in result.epochs]
+    rows, held_out = evaluate_file({"tiny": out}, data["test.scores"])
+    assert rows[0].figures.pairwise_accuracy > 0.75 and rows[0].figures.pearson > 0.5
+
+    served = load_model(ModelSpec(name="tiny", source=str(out)))
+    assert served.mapping.normalization is not None
+    assert objective in served.mapping.description
+    encoded = served.encoder.pad(served.encoder.encode(["a great wonderful film", "awful dull"]))
+    good, bad = served.resolved.map_logits(served.backend.forward(encoded))
+    assert good > bad
+    assert (out / "README.md").read_text().startswith(f"# Reward model: {objective}")
+
+
+def test_served_rewards_have_mean_0_and_std_1_on_the_held_out_inputs(tiny_base, data, tmp_path):
+    from reward_service.training.data import read_records
+    from reward_service.training.evaluate import score_folder
+
+    out = tmp_path / "model"
+    train(data["train.rankings"], out, tiny_config("pairwise", tiny_base, epochs=1),
+          eval_file=data["validation.rankings"])  # fmt: skip
+    held_out = held_out_set(read_records(data["validation.rankings"]).records)
+    rewards = score_folder(out, held_out.inputs)
+    assert abs(rewards.mean()) < 1e-4 and abs(rewards.std() - 1) < 1e-4
+
+
+def test_regression_on_scores_holds_out_a_fraction_when_no_eval_file_is_given(
+    tiny_base, data, tmp_path
+):
+    result = train(data["train.scores"], tmp_path / "model", tiny_config("regression", tiny_base))
+    assert result.held_out_items == 40  # 10% of 400 records
+    assert result.best.pearson > 0.5
+
+
+def test_training_is_repeatable_with_a_seed(tiny_base, data, tmp_path):
+    config = tiny_config("pairwise", tiny_base, epochs=1)
+    first = train(
+        data["train.rankings"], tmp_path / "a", config, eval_file=data["validation.rankings"]
+    )
+    second = train(
+        data["train.rankings"], tmp_path / "b", config, eval_file=data["validation.rankings"]
+    )
+    assert first.epochs == second.epochs
+
+
+def test_an_objective_the_data_cannot_feed_is_refused(tiny_base, data, tmp_path):
+    with pytest.raises(ValueError, match="pairwise objective needs rankings or pairs"):
+        train(data["train.scores"], tmp_path / "m", tiny_config("pairwise", tiny_base))
+
+
+def test_pairwise_accuracy_counts_ties_half():
+    rewards = np.array([3.0, 1.0, 1.0])
+    assert pairwise_accuracy(rewards, np.array([0, 1]), np.array([1, 2])) == 0.75
+
+
+def test_the_evaluate_command_prints_the_table_with_the_lexicon_and_human_rows(
+    tiny_base, data, tmp_path, capsys
+):
+    import argparse
+
+    rated = tmp_path / "rated.jsonl"
+    lines = [{"text": "a great film", "score": 2.0, "ratings": [2, 2, 1]},
+             {"text": "an awful film", "score": -2.0, "ratings": [-2, -1, -2]},
+             {"text": "the film", "score": 0.0, "ratings": [0, 1, 0]}]  # fmt: skip
+    rated.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "model"
+    train(data["train.rankings"], out, tiny_config("pairwise", tiny_base, epochs=1),
+          eval_file=data["validation.rankings"])  # fmt: skip
+    args = argparse.Namespace(command="evaluate", models=[f"tiny={out}"], data=rated,
+                              min_score_gap=1.0, no_baselines=False, device="cpu")  # fmt: skip
+    assert run_training_command(args) == 0
+    table = capsys.readouterr().out
+    assert "| tiny " in table and "VADER lexicon" in table and "one human vs mean" in table
+    assert "3 items, 3 pairs whose human scores differ by >= 1" in table

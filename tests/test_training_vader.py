@@ -1,0 +1,56 @@
+"""The default model's data: the VADER movie snippets, split once and for all by snippet."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from reward_service.training.data import read_records
+from reward_service.training.vader import read_movie_snippets, split_of, write_vader_data
+
+
+@pytest.fixture(scope="module")
+def snippets():
+    return read_movie_snippets()
+
+
+def test_every_movie_snippet_is_read_with_its_mean_and_at_least_15_raters(snippets):
+    assert len(snippets) == 10_605
+    assert all(len(snippet.ratings) >= 15 for snippet in snippets)
+    first = snippets[0]
+    assert first.id == 1 and first.text.startswith("The Rock is destined")
+    assert first.mean == pytest.approx(sum(first.ratings) / len(first.ratings), abs=1e-6)
+
+
+def test_the_split_is_fixed_by_snippet_id(snippets):
+    counts = Counter(split_of(snippet.id) for snippet in snippets)
+    assert counts == {"train": 8538, "validation": 1062, "test": 1005}
+    # A pure function of the id (sha256 of "movie-<id>" mod 100): no seed, no file order.
+    assert [split_of(snippet_id) for snippet_id in (4, 5, 8, 10)] == [
+        "train",
+        "test",
+        "validation",
+        "test",
+    ]
+
+
+def test_written_files_keep_the_splits_apart_and_rank_by_the_raters_mean(tmp_path):
+    files = write_vader_data(tmp_path, ranking_size=4, seed=0)
+    texts = {
+        split: {record.completion for record in read_records(files[f"{split}.scores"]).records}
+        for split in ("train", "validation", "test")
+    }
+    # By snippet id; the data holds two texts twice (under other ids, with other ratings), and
+    # those are the only texts two splits share.
+    shared = (texts["train"] & texts["test"]) | (texts["validation"] & texts["test"])
+    shared |= texts["train"] & texts["validation"]
+    assert len(shared) <= 2
+    means = {r.completion: r.score for r in read_records(files["train.scores"]).records}
+    for ranking in read_records(files["train.rankings"]).records[:50]:
+        assert len(ranking.completions) == 4
+        best_first = [c for _, c in sorted(zip(ranking.ranks, ranking.completions, strict=True))]
+        assert [means[c] for c in best_first] == sorted(
+            (means[c] for c in best_first), reverse=True
+        )
+    assert len(read_records(files["train.pairs"]).records) == 6 * 2134 + 1  # K=4: 6 pairs each
