@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Largest gRPC request or response message (default 16 MiB).",
     )  # fmt: skip
     serve.add_argument(
-        "--api-key", help="Require this bearer token on REST (not /health/*, /metrics); "
+        "--api-key", help="Require this bearer token on REST and gRPC (not health, metrics); "
         "REWARD_SERVICE_API_KEY keeps it out of the process list.",
     )  # fmt: skip
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 from google.protobuf import struct_pb2
@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from reward_service import errors
+from reward_service.auth import is_authorized
 from reward_service.engine import Engine
 from reward_service.schemas import (
     ModelInfo,
@@ -208,20 +209,61 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
     await context.abort(status_for(error), message)
 
 
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses reward calls without the key (UNAUTHENTICATED) before they reach a handler.
+
+    Health and reflection stay open, as /health/* does on REST: probes carry no key.
+    """
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
+
+        async def refuse(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this server needs an API key: send metadata 'authorization: Bearer KEY'",
+            )
+
+        self._refuse_unary = grpc.unary_unary_rpc_method_handler(refuse)
+        self._refuse_stream = grpc.stream_stream_rpc_method_handler(refuse)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if not method.startswith(f"/{SERVICE_NAME}/"):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if is_authorized(metadata.get("authorization"), self._api_key):
+            return await continuation(handler_call_details)
+        return self._refuse_stream if method == SCORE_STREAM_ROUTE else self._refuse_unary
+
+
 class GrpcServer:
     """The gRPC server with the reward, health and reflection services, over one engine."""
 
-    def __init__(self, engine: Engine, *, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        api_key: str | None = None,
+    ) -> None:
         self.engine = engine
         self.address = f"{host}:{port}"
         self.server = grpc.aio.server(
+            interceptors=[ApiKeyInterceptor(api_key)] if api_key else None,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # gRPC sets SO_REUSEPORT by default: a second server on a busy port would then
                 # start without error and share its traffic. Fail the bind instead.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(engine), self.server)
         self.health = health.aio.HealthServicer()

@@ -61,6 +61,7 @@ async def serve(settings: ServeSettings) -> int:
             host=settings.host,
             port=settings.grpc_port,
             max_message_bytes=settings.grpc_max_message_bytes,
+            api_key=api_key,
         )
         await grpc_server.start()
     # uvicorn stops on SIGINT/SIGTERM and, once REST is drained, raises the signal again for the

@@ -1,9 +1,11 @@
-"""`serve --api-key`: REST needs the key as a bearer token, except health probes and metrics."""
+"""`serve --api-key`: REST and gRPC need the key as a bearer token, except health and metrics."""
 
 from __future__ import annotations
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reward_service.auth import is_authorized
 from reward_service.client import RewardClient, Unauthorized
@@ -39,6 +41,22 @@ def test_every_other_route_needs_the_key(server, route):
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["type"] == "unauthorized"
+
+
+@pytest.mark.parametrize("api_key", [KEY, None, "wrong-key"])
+def test_grpc_needs_the_key_in_metadata(server, api_key):
+    with RewardClient(f"grpc://{server.grpc_target}", api_key=api_key, max_retries=50) as client:
+        if api_key == KEY:
+            assert len(client.score(texts=["a", "b"])) == 2
+        else:
+            with pytest.raises(Unauthorized):
+                client.score(texts=["a"])
+
+
+def test_grpc_health_needs_no_key(server):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_health_probes_and_metrics_need_no_key(server):
