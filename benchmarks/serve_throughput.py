@@ -190,6 +190,7 @@ class Cell:
     p99_s: float
     peak_rss_mb: float
     failed: int
+    other_cpu_pct: float = float("nan")  # CPU used by other processes while measuring
 
 
 @contextlib.asynccontextmanager
@@ -271,11 +272,25 @@ async def drive(
     async with sender as send:
         clients = [asyncio.create_task(client(send, i)) for i in range(concurrency)]
         await all_answered.wait()
-        await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - loop_started)))
+        first_round_s = time.perf_counter() - loop_started
+        await asyncio.sleep(max(0.0, 1.0 - first_round_s))
+        # A server without a shared queue answers a round of requests all at once: the window
+        # spans at least two rounds so that it cannot fall between them.
+        duration_s = max(duration_s, min(2 * first_round_s, 60.0))
         now = time.perf_counter()
         window.extend([now, now + duration_s])
         await asyncio.gather(*clients)
     return counted_texts / duration_s, latencies, failed
+
+
+def busy_ticks(pids: tuple[int, ...]) -> tuple[int, int, int]:
+    """(machine busy, machine total, busy in `pids`) CPU ticks, to tell others' load apart."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    ours = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ours += int(fields[11]) + int(fields[12])  # utime + stime, all threads
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks), ours
 
 
 def measure_server(
@@ -307,12 +322,19 @@ def measure_server(
                 transports.append(("grpc", lambda: grpc_sender(f"127.0.0.1:{grpc_port}"), messages))
             for concurrency in concurrencies:
                 for cell_name, sender, bodies in transports:
+                    before = busy_ticks((process.pid, os.getpid()))
                     rate, latencies, failed = asyncio.run(
                         drive(sender(), bodies, size, concurrency, duration_s)
                     )
+                    after = busy_ticks((process.pid, os.getpid()))
+                    busy, total, ours = (b - a for a, b in zip(before, after, strict=True))
+                    other_cpu_pct = max(0.0, 100 * (busy - ours) / total) if total else 0.0
                     p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (np.nan,) * 2
                     rss_mb = peak_rss_mb(process.pid)
-                    cells.append(Cell(cell_name, size, concurrency, rate, p50, p99, rss_mb, failed))
+                    cells.append(
+                        Cell(cell_name, size, concurrency, rate, p50, p99, rss_mb, failed,
+                             other_cpu_pct)
+                    )  # fmt: skip
                     print(
                         f"  {cell_name:<7} {size:>2} text(s) c={concurrency:<3}: {rate:7.1f} "
                         f"texts/s, p50 {p50 * 1e3:7.1f} ms, p99 {p99 * 1e3:7.1f} ms"
@@ -358,7 +380,7 @@ def print_report(
     naive_rate = {(c.texts_per_request, c.concurrency): c.texts_per_s for c in naive}
     header = (
         f"{'server':<8}{'texts/req':>9}{'conc':>6}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'peak MB':>9}{'/in-proc':>9}{'/naive':>8}{'fail':>6}"
+        f"{'peak MB':>9}{'/in-proc':>9}{'/naive':>8}{'fail':>6}{'other%':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -371,8 +393,9 @@ def print_report(
             f"{cell.server:<8}{cell.texts_per_request:>9}{cell.concurrency:>6}"
             f"{cell.texts_per_s:>9.1f}{cell.p50_s * 1e3:>9.1f}{cell.p99_s * 1e3:>9.1f}"
             f"{cell.peak_rss_mb:>9.0f}{cell.texts_per_s / limit:>9.2f}{versus_naive:>8}"
-            f"{cell.failed:>6}"
+            f"{cell.failed:>6}{cell.other_cpu_pct:>7.0f}"
         )
+    print("other%: the machine's CPU used by other processes during the cell (0 = clean run)")
     print()
 
     def served_cell(size: int, concurrency: int) -> Cell | None:
