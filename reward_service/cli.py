@@ -17,6 +17,7 @@ from reward_service.config import BatchingConfig, ServeSettings
 from reward_service.errors import RewardServiceError
 from reward_service.export import add_export_parser, run_export
 from reward_service.mapping import MappingError
+from reward_service.schemas import describe_validation_errors
 from reward_service.training import cli as training_cli
 
 
@@ -199,11 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reward-service: error: {error}", file=sys.stderr)
         return 2
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, p['loc']))}: {p['msg']}" if p["loc"] else p["msg"]
-            for p in error.errors()
+        print(
+            f"reward-service: error: {describe_validation_errors(error.errors())}", file=sys.stderr
         )
-        print(f"reward-service: error: {problems}", file=sys.stderr)
         return 2
     except ValueError as error:
         print(f"reward-service: error: {error}", file=sys.stderr)
