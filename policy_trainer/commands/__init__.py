@@ -1,0 +1,1 @@
+"""One module per `policy-trainer` subcommand (see policy_trainer.cli)."""
