@@ -125,6 +125,8 @@ class ModelQueue:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._forward_cost = ForwardCostModel()
+        self._in_forward: list[_QueuedItem] = []  # the batch the model thread is running
+        self._aborted_with: Exception | None = None  # set by abort(): no more work is queued
         self._last_forward: tuple[int, float] = (0, 0.0)  # (padded tokens, seconds), from _infer
 
     # -- admission -------------------------------------------------------------------------
@@ -154,6 +156,9 @@ class ModelQueue:
         except BaseException:
             self._admit(-count)
             raise
+        if self._aborted_with is not None:  # aborted while this request was being tokenized
+            self._admit(-count)
+            raise self._aborted_with
         request = _PendingRequest(
             future=loop.create_future(),
             rewards=np.empty(count, dtype=np.float64),
@@ -203,6 +208,7 @@ class ModelQueue:
             batch = self._take_batch()
             if not batch:
                 continue
+            self._in_forward = batch
             try:
                 rewards, logits = await loop.run_in_executor(
                     self._model_executor, self._infer, batch
@@ -211,6 +217,8 @@ class ModelQueue:
                 logger.exception("forward pass failed for model %s", self._name)
                 self._fail(batch, InferenceFailed(f"the forward pass failed: {error}"))
                 continue
+            finally:
+                self._in_forward = []
             self._forward_cost.observe(*self._last_forward)
             self._deliver(batch, rewards, logits)
 
@@ -342,6 +350,18 @@ class ModelQueue:
             if not item.request.future.done():
                 item.request.future.set_exception(error)
         self._admit(-len(batch))
+
+    def abort(self, error: Exception) -> None:
+        """Fails every request with items queued or in the running forward pass with `error`.
+        The running batch's items are released when its forward pass returns; requests still
+        being tokenized fail when they would join the queue."""
+        self._aborted_with = error
+        for item in [*self._in_forward, *self._queue]:
+            if not item.request.future.done():
+                item.request.future.set_exception(error)
+        self._admit(-len(self._queue))
+        self._queue = []
+        self._metrics.queue_depth.labels(self._name).set(0)
 
     def warm_up(self) -> None:
         """Runs in a thread before the model is marked ready: first passes allocate and compile."""

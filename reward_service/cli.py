@@ -81,7 +81,7 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 def _settings(args: argparse.Namespace) -> ServeSettings:
     values = _given(args, "host", "port", "grpc_port", "grpc_max_message_bytes", "backend",
                     "device", "dtype", "allow_pickle", "preset", "log_level",
-                    "cache_dir", "api_key")  # fmt: skip
+                    "cache_dir", "api_key", "max_body_bytes", "shutdown_grace_s")  # fmt: skip
     if getattr(args, "access_log", None):
         values["access_log"] = True
     if args.models:
@@ -113,8 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="Largest gRPC request or response message (default 16 MiB).",
     )  # fmt: skip
     serve.add_argument(
+        "--max-body-bytes", type=int,
+        help="Largest REST request body (default 16 MiB); larger ones get 413 unread.",
+    )  # fmt: skip
+    serve.add_argument(
         "--api-key", help="Require this bearer token on REST and gRPC (not health, metrics); "
         "REWARD_SERVICE_API_KEY keeps it out of the process list.",
+    )  # fmt: skip
+    serve.add_argument(
+        "--shutdown-grace-s", type=float,
+        help="On SIGTERM: not ready, new requests refused (503 / UNAVAILABLE 'shutting down'), "
+        "accepted ones answered, exit within this many seconds (default 25).",
     )  # fmt: skip
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="Log every request.")

@@ -19,7 +19,7 @@ MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class BatchingConfig(BaseModel):
-    """Limits for the per-model queue and the batches formed from it."""
+    """Limits for the per-model queue, the batches formed from it and the requests it admits."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,6 +39,14 @@ class BatchingConfig(BaseModel):
         4096, ge=1, description="Items admitted and not yet answered; past it requests get 429."
     )
     max_items_per_request: int = Field(1024, ge=1, description="Items in one request, at most.")
+    # The longest input a served encoder takes is 512 tokens, about 2,500 characters: 32,768
+    # leaves room for texts that truncation shortens, and bounds the tokenizer's work per item.
+    max_chars_per_item: int = Field(
+        32768,
+        ge=1,
+        description="Characters in one text (or prompt + completion), at most; longer items are "
+        "refused, not truncated.",
+    )
 
     @model_validator(mode="after")
     def _request_fits_queue(self) -> BatchingConfig:
@@ -100,10 +108,20 @@ class ServeSettings(BaseSettings):
     preset: str | None = None
     mapping_overrides: dict[str, Any] = Field(default_factory=dict)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    # The same 16 MiB as a gRPC message: a request that fits one transport fits the other.
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest REST request body; larger ones get 413."
+    )
+    # Under the 30 s that Kubernetes (terminationGracePeriodSeconds) waits before SIGKILL.
+    shutdown_grace_s: float = Field(
+        25.0,
+        gt=0,
+        description="After SIGTERM: time to answer the requests already accepted, then exit.",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="When set, REST requests (but /health/* and /metrics) need it as a bearer "
-        "token: `Authorization: Bearer KEY`.",
+        "token, `Authorization: Bearer KEY`, and gRPC reward calls as `authorization` metadata.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False

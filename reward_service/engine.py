@@ -8,7 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from reward_service.batcher import ModelQueue
 from reward_service.config import BatchingConfig, ModelSpec
-from reward_service.errors import InvalidRequest, ModelNotFound, NotReady, TooManyItems
+from reward_service.errors import (
+    InvalidRequest,
+    ItemTooLong,
+    ModelNotFound,
+    NotReady,
+    ShuttingDown,
+    TooManyItems,
+)
 from reward_service.loading import load_model
 from reward_service.mapping import format_inputs, mapping_summary
 from reward_service.metrics import Metrics
@@ -36,10 +43,39 @@ class Engine:
         self._queues: dict[str, ModelQueue] = {}
         # Tokenisation runs off the event loop; the Rust tokenizer releases the GIL.
         self._tokenize_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+        # Graceful shutdown: requests accepted (past the shutting-down check) and not yet answered.
+        self.shutting_down = False
+        self.refused_while_shutting_down = 0
+        self._accepted = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def ready(self) -> bool:
-        return len(self._queues) == len(self.specs)
+        return len(self._queues) == len(self.specs) and not self.shutting_down
+
+    @property
+    def accepted_requests(self) -> int:
+        """Requests accepted and not yet answered."""
+        return self._accepted
+
+    def begin_shutdown(self) -> None:
+        """Refuse new requests (ShuttingDown) from now on; the accepted ones are still answered."""
+        self.shutting_down = True
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Whether every accepted request was answered within `timeout_s`."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            return False
+        return True
+
+    def abort_accepted(self, error: Exception) -> None:
+        """Answers every request still queued or in a forward pass with `error` (the grace period
+        is over: an answer the caller can retry elsewhere beats a dropped connection)."""
+        for queue in self._queues.values():
+            queue.abort(error)
 
     def is_ready(self, name: str) -> bool:
         return name in self._queues
@@ -62,12 +98,26 @@ class Engine:
 
     async def score(self, request: ScoreRequest, *, deadline: float | None = None) -> ScoreResponse:
         """Scores one request; `deadline` (time.monotonic() seconds) drops it unscored if passed."""
+        if self.shutting_down:
+            self.refused_while_shutting_down += 1
+            raise ShuttingDown("the server is shutting down: retry on another replica")
+        self._accepted += 1
+        self._idle.clear()
+        try:
+            return await self._score(request, deadline)
+        finally:
+            self._accepted -= 1
+            if not self._accepted:
+                self._idle.set()
+
+    async def _score(self, request: ScoreRequest, deadline: float | None) -> ScoreResponse:
         queue = self._queue_for(request.model)
         if request.item_count > self.batching.max_items_per_request:
             raise TooManyItems(
                 f"{request.item_count} items in one request; this server takes at most "
                 f"{self.batching.max_items_per_request}: split the request"
             )
+        check_item_lengths(request, self.batching.max_chars_per_item)
         try:
             inputs = format_inputs(
                 queue.model.mapping,
@@ -86,6 +136,7 @@ class Engine:
         )
 
     def _queue_for(self, name: str | None) -> ModelQueue:
+        """Names are looked up among the configured models only: a name never reaches a path."""
         name = name or self.default_model
         if name not in self.specs:
             raise ModelNotFound(
@@ -119,3 +170,18 @@ class Engine:
             mapping=mapping_summary(model.mapping, model.resolved, model.id2label),
             description=model.mapping.description,
         )
+
+
+def check_item_lengths(request: ScoreRequest, max_chars: int) -> None:
+    """Refuses the first item longer than `max_chars` characters (a pair counts both texts)."""
+    if request.texts is not None:
+        lengths = (len(text) for text in request.texts)
+    else:
+        pairs = zip(request.prompts or (), request.completions or (), strict=True)
+        lengths = (len(prompt) + len(completion) for prompt, completion in pairs)
+    for index, length in enumerate(lengths):
+        if length > max_chars:
+            raise ItemTooLong(
+                f"item {index} has {length} characters; this server takes at most {max_chars} "
+                "per item (text, or prompt + completion)"
+            )

@@ -37,3 +37,15 @@ class NotReady(RewardServiceError):
 
 class DeadlineExceeded(RewardServiceError):
     """The caller's deadline passed before the items were scored; they were dropped unscored."""
+
+
+class ItemTooLong(RewardServiceError):
+    """An item has more characters than `max_chars_per_item` (HTTP 422, gRPC INVALID_ARGUMENT).
+
+    Refused rather than truncated: truncation to the model's max_length happens on tokens, and a
+    text this long is a mistake or an attack, not a long review."""
+
+
+class ShuttingDown(RewardServiceError):
+    """The server is shutting down and accepts no new work (HTTP 503, gRPC UNAVAILABLE): retry on
+    another replica. Requests accepted before the shutdown began are still answered."""

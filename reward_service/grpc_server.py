@@ -49,10 +49,12 @@ LIST_MODELS_ROUTE = f"/{SERVICE_NAME}/ListModels"
 # RESOURCE_EXHAUSTED as "retry later" (which a full queue is).
 ERROR_STATUS: dict[type[errors.RewardServiceError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ItemTooLong: grpc.StatusCode.INVALID_ARGUMENT,
     errors.TooManyItems: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.NotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
@@ -60,7 +62,11 @@ ERROR_STATUS: dict[type[errors.RewardServiceError], grpc.StatusCode] = {
 # reading, so a fast sender meets HTTP/2 flow control instead of filling the model's queue.
 STREAM_MAX_IN_FLIGHT = 64
 READINESS_POLL_S = 0.05
-SHUTDOWN_GRACE_S = 5.0
+# Calls gRPC holds before handing them to the service. Past its default (1,000, then randomly up to
+# 3,000) gRPC cancels new calls itself (CANCELLED) instead of letting the service refuse them with
+# RESOURCE_EXHAUSTED; a small unary call waits there in about 11 KiB (measured), so 4,096 waiting
+# calls cost under 50 MiB. Past this many, gRPC still cancels (clients retry CANCELLED).
+MAX_PENDING_CALLS = 4096
 
 
 class GrpcBindError(errors.RewardServiceError):
@@ -263,6 +269,8 @@ class GrpcServer:
                 # gRPC sets SO_REUSEPORT by default: a second server on a busy port would then
                 # start without error and share its traffic. Fail the bind instead.
                 ("grpc.so_reuseport", 0),
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
             ],
         )
         reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(engine), self.server)
@@ -272,6 +280,7 @@ class GrpcServer:
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self._readiness: asyncio.Task | None = None
+        self._stopping: asyncio.Task | None = None
 
     async def start(self) -> None:
         try:
@@ -286,11 +295,23 @@ class GrpcServer:
         self._readiness = asyncio.create_task(self._report_readiness())
         logger.info("gRPC listening on %s", self.address)
 
-    async def stop(self) -> None:
+    async def begin_shutdown(self) -> None:
+        """Health says NOT_SERVING from now on; calls are still served (the engine refuses new
+        work with UNAVAILABLE while it answers what it accepted)."""
         if self._readiness is not None:
             self._readiness.cancel()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(SHUTDOWN_GRACE_S)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stops listening at once; calls still running get `grace_s` to finish. Stops once,
+        however often it is called."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
+        await self.begin_shutdown()
+        await self.server.stop(grace_s)
 
     async def _set_all(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ["", SERVICE_NAME, *self.engine.specs]:
