@@ -1,0 +1,342 @@
+"""Rollouts: generate responses, decode them, score them remotely while computing log-probs.
+
+Reusable pieces (PPO uses them all; `policy-trainer evaluate` the first three):
+- `generate_responses(model, tokenizer, prompts, ...)`: left-padded batch, KV cache, sampling at
+  a temperature, stopping at EOS; token ids, a response mask and decoded completions.
+- `response_logprobs(model, generation, temperature=...)`: per-token log-probs (and entropies) of
+  given responses under a model, with position ids from the attention mask and the logits
+  divided by the temperature.
+- `RemoteReward` / `BackgroundScorer`: scores through the reward-service client, in a thread,
+  so the trainer's next computation overlaps the service's scoring.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from policy_trainer.ppo_math import entropy_from_logits, logprobs_from_logits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# (prompts, completions) -> one score each, in order.
+ScoreFunction = Callable[[list[str], list[str]], list[float]]
+
+
+@dataclass
+class Generation:
+    """A batch of prompts and sampled responses. Prompts are left-padded (`prompt_mask` 0 on
+    padding); responses are cut after their first EOS, the rest padded (`response_mask` 0 there,
+    1 on every real token including the EOS)."""
+
+    prompt_ids: torch.Tensor  # (batch, prompt_length)
+    prompt_mask: torch.Tensor  # (batch, prompt_length), long
+    response_ids: torch.Tensor  # (batch, response_length)
+    response_mask: torch.Tensor  # (batch, response_length), float
+    completions: list[str]  # the decoded responses, as they continue the decoded prompts
+    ended_with_eos: torch.Tensor  # (batch,) bool: False where max_new_tokens cut it off
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask.long()], dim=1)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(dim=1)
+
+    def rows(self, index: torch.Tensor | slice) -> Generation:
+        """The same batch restricted to some rows (completions follow)."""
+        rows = range(len(self.completions))[index] if isinstance(index, slice) else index.tolist()
+        return Generation(
+            self.prompt_ids[index],
+            self.prompt_mask[index],
+            self.response_ids[index],
+            self.response_mask[index],
+            [self.completions[row] for row in rows],
+            self.ended_with_eos[index],
+        )
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids, attention mask), padded on the left so every prompt ends where
+    generation starts."""
+    longest = max(len(sequence) for sequence in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            ids[row, longest - len(sequence) :] = torch.tensor(list(sequence), dtype=torch.long)
+            mask[row, longest - len(sequence) :] = 1
+    return ids, mask
+
+
+def position_ids_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2... from each row's first real token, so a left-padded prompt is positioned as it
+    would be alone (N-impl: padding must not shift positions)."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def truncate_after_eos(
+    response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids with everything after the first EOS replaced by padding, mask of the tokens up to and
+    including that EOS, whether each row has an EOS)."""
+    is_eos = response_ids == eos_token_id
+    after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
+    ids = response_ids.masked_fill(after_eos, pad_token_id)
+    return ids, (~after_eos).float(), is_eos.any(dim=1)
+
+
+def decode_completions(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> list[str]:
+    """Each response as text that continues its decoded prompt: the decoded prompt + response
+    minus the decoded prompt, which keeps a leading space that decoding the response alone may
+    drop. Special tokens (padding, EOS, chat markers) are left out."""
+    prompts = [row.tolist() for row in prompt_ids]
+    responses = [
+        row[mask > 0].tolist() for row, mask in zip(response_ids, response_mask, strict=True)
+    ]
+    prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
+    full_texts = tokenizer.batch_decode(
+        [p + r for p, r in zip(prompts, responses, strict=True)], skip_special_tokens=True
+    )
+    completions = []
+    for prompt_text, full_text, response in zip(prompt_texts, full_texts, responses, strict=True):
+        if full_text.startswith(prompt_text):
+            completions.append(full_text[len(prompt_text) :])
+        else:  # a tokenizer whose decoding of the whole is not prefix-stable
+            completions.append(tokenizer.decode(response, skip_special_tokens=True))
+    return completions
+
+
+@torch.no_grad()
+def generate_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+) -> Generation:
+    """Sample one response per prompt (token id lists, e.g. from `prompts.encode_prompts`):
+    left-padded batch, KV cache, stop at the tokenizer's EOS or after `max_new_tokens`. `top_k`
+    0 and `top_p` 1.0 sample from the whole distribution (N-impl); `do_sample=False` is greedy."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    # A fresh GenerationConfig, so a model folder's own sampling defaults (repetition penalty,
+    # top-p...) can't silently change what PPO samples from.
+    generation_config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_k=top_k if do_sample and top_k > 0 else None,
+        top_p=top_p if do_sample and top_p < 1.0 else None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    output = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_attention_mask(prompt_mask),
+        generation_config=generation_config,
+    )
+    response_ids, response_mask, ended = truncate_after_eos(
+        output[:, prompt_ids.shape[1] :], tokenizer.eos_token_id, pad_id
+    )
+    completions = decode_completions(tokenizer, prompt_ids, response_ids, response_mask)
+    return Generation(prompt_ids, prompt_mask, response_ids, response_mask, completions, ended)
+
+
+def response_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_length: int,
+    temperature: float,
+    **model_kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """The logits that predict each response token, divided by the sampling temperature (N-impl:
+    the log-probs must be those of the distribution actually sampled from), and the model output.
+    `input_ids` is prompt + response; position ids come from the attention mask."""
+    if _takes_logits_to_keep(model):
+        # The prompt's logits are never used: at (batch, prompt, vocabulary) they can outweigh
+        # everything else in memory.
+        model_kwargs.setdefault("logits_to_keep", response_length + 1)
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_attention_mask(attention_mask),
+        use_cache=False,
+        **model_kwargs,
+    )
+    # Position i predicts token i + 1: the response's logits start one before it.
+    logits = output.logits[:, -response_length - 1 : -1].float() / temperature
+    return logits, output
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the causal LM (under a peft wrapper, if any) can skip computing some logits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+@torch.no_grad()
+def response_logprobs(
+    model: torch.nn.Module,
+    generation: Generation,
+    *,
+    temperature: float,
+    forward_batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, entropies) of each response token under `model`, (batch, response_length),
+    in forward passes of at most `forward_batch_size` rows."""
+    logprobs, entropies = [], []
+    for start in range(0, generation.response_ids.shape[0], forward_batch_size):
+        part = generation.rows(slice(start, start + forward_batch_size))
+        logits, _ = response_logits(
+            model, part.input_ids, part.attention_mask, part.response_ids.shape[1], temperature
+        )
+        logprobs.append(logprobs_from_logits(logits, part.response_ids))
+        entropies.append(entropy_from_logits(logits))
+    return torch.cat(logprobs), torch.cat(entropies)
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+
+class RemoteReward:
+    """Scores (prompt, completion) pairs on a reward service through its client: a callable
+    `ScoreFunction`. Retries ride out a restarting service; a call that can't finish within
+    `max_wait_s` raises the client's DeadlineExceeded (or Unavailable once retries run out).
+
+    `inputs="pairs"` sends prompts and completions, and the served model's reward mapping decides
+    how they are joined; `inputs="text"` sends prompt + completion as one text."""
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        model: str | None = None,
+        inputs: Literal["pairs", "text"] = "pairs",
+        timeout_s: float = 60.0,
+        max_wait_s: float = 600.0,
+        api_key: str | None = None,
+    ) -> None:
+        from reward_service.client import RewardClient
+
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.inputs = inputs
+        self.model = model
+        self.api_key = api_key
+        # Retries are bounded by the deadline, not by a count: a restart takes what it takes.
+        self.client = RewardClient(
+            self.urls,
+            model=model,
+            timeout_s=timeout_s,
+            deadline_s=max_wait_s,
+            max_retries=1_000_000,
+            api_key=api_key,
+        )
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        if self.inputs == "text":
+            return self.client.score(
+                texts=[p + c for p, c in zip(prompts, completions, strict=True)]
+            )
+        return self.client.score(prompts=prompts, completions=completions)
+
+    def describe(self) -> dict[str, Any] | None:
+        """The served model's entry in GET /v1/models (name, labels, reward mapping...), for the
+        run's record; None where the endpoint doesn't say (gRPC, or it is down)."""
+        import httpx
+
+        url = next((url for url in self.urls if url.startswith(("http://", "https://"))), None)
+        if url is None:
+            return None
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            response = httpx.get(f"{url.rstrip('/')}/v1/models", headers=headers, timeout=10)
+            models = response.json()["models"] if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+        for entry in models:
+            if self.model is None or entry.get("name") == self.model:
+                return entry
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass(frozen=True)
+class ScoringTimes:
+    score_s: float  # the scoring call, start to end
+    wait_s: float  # how long the trainer blocked waiting for it
+    overlap_s: float  # how much of the call ran while the trainer computed something else
+
+
+class ScoringJob:
+    """A scoring call running in the background; `result()` waits for it."""
+
+    def __init__(self, future: Future, started: dict[str, float]) -> None:
+        self._future = future
+        self._times = started
+
+    def result(self) -> tuple[list[float], ScoringTimes]:
+        """The scores and their timing; raises what the score function raised."""
+        wait_started = time.perf_counter()
+        scores = self._future.result()
+        wait_s = time.perf_counter() - wait_started
+        start, end = self._times["start"], self._times["end"]
+        overlap_s = max(0.0, min(end, wait_started) - start)
+        return scores, ScoringTimes(end - start, wait_s, overlap_s)
+
+
+class BackgroundScorer:
+    """Runs a ScoreFunction on its own thread: submit a batch, compute what doesn't need the
+    scores (reference log-probs, values), then collect them. The client's HTTP waits release the
+    GIL, so the two really overlap."""
+
+    def __init__(self, score: ScoreFunction) -> None:
+        self.score = score
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ppo-scoring")
+
+    def submit(self, prompts: list[str], completions: list[str]) -> ScoringJob:
+        times: dict[str, float] = {}
+
+        def run() -> list[float]:
+            times["start"] = time.perf_counter()
+            try:
+                return [float(score) for score in self.score(prompts, completions)]
+            finally:
+                times["end"] = time.perf_counter()
+
+        return ScoringJob(self._executor.submit(run), times)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
