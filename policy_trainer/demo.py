@@ -35,7 +35,9 @@ DEMO_PPO_SETTINGS: dict[str, Any] = {
     "max_new_tokens": 24,
     "learning_rate": 2e-4,
     "lr_schedule": "constant",
-    "kl_coef": 0.05,
+    # 0.05 (TRL's default) reached the same scores with KL past 6 nats in tuning runs; 0.1 kept
+    # it near 4 over 100 steps.
+    "kl_coef": 0.1,
     "sample_every": 5,
     "checkpoint_every": 20,
 }
@@ -45,7 +47,7 @@ DEMO_LORA = ["--lora-r", "16", "--lora-alpha", "32"]
 @dataclass
 class DemoOptions:
     run_dir: Path
-    ppo_steps: int = 60
+    ppo_steps: int = 150
     sft_epochs: float = 0.0  # 0: no SFT stage
     eval_prompts: int = 64
     port: int = 8765
