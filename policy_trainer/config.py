@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from policy_trainer.lora import LoraOptions
+from reward_service.schemas import describe_validation_errors
 
 
 class ConfigError(ValueError):
@@ -212,10 +213,7 @@ def build_config(file: Path | None = None, overrides: dict[str, Any] | None = No
     try:
         return PPOConfig(**values)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, problem['loc'])) or 'config'}: {problem['msg']}"
-            for problem in error.errors()
-        )
+        problems = describe_validation_errors(error.errors())
         source = f" in {file}" if file is not None else ""
         raise ConfigError(f"invalid PPO settings{source}: {problems}") from None
 

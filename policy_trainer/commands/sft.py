@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from policy_trainer.models import PolicyLoadError
     from policy_trainer.sft import SFTDataError, SFTOptions, train_sft
+    from reward_service.schemas import describe_validation_errors
 
     try:
         options = SFTOptions(
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             lora=lora_options_from_args(args),
         )
     except ValidationError as error:
-        print(f"policy-trainer sft: invalid options:\n{error}", file=sys.stderr)
+        problems = describe_validation_errors(error.errors())
+        print(f"policy-trainer sft: invalid options: {problems}", file=sys.stderr)
         return 2
     try:
         result = train_sft(args.model, args.data, args.output_dir, options)
