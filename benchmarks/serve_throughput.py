@@ -82,6 +82,7 @@ def make_texts(count: int, seed: int = SEED) -> list[str]:
 class InProcess:
     texts_per_s: dict[int, float]
     single_text_latency_s: float  # median of one-text tokenize + forward + mapping
+    score: Callable[[list[str]], np.ndarray]  # the in-process path, for the interleaved check
 
     @property
     def limit(self) -> tuple[int, float]:
@@ -128,7 +129,7 @@ def measure_in_process(
             call_started = time.perf_counter()
             score([text])
             single_latencies.append(time.perf_counter() - call_started)
-    return InProcess(texts_per_s, float(np.median(single_latencies)))
+    return InProcess(texts_per_s, float(np.median(single_latencies)), score)
 
 
 # -- servers ----------------------------------------------------------------------------------
@@ -301,11 +302,15 @@ def measure_server(
     concurrencies: tuple[int, ...],
     duration_s: float,
     grpc_port: int | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> list[Cell]:
-    """REST cells named `name`; with `grpc_port`, each followed by the same cell over gRPC."""
+    """REST cells named `name`; with `grpc_port`, each followed by the same cell over gRPC.
+    `on_ready(score_url)` runs once the server is ready, before the cells."""
     cells = []
     url = f"http://127.0.0.1:{port}/v1/score"
     with running_server(command, port) as process:
+        if on_ready is not None:
+            on_ready(url)
         for size in REQUEST_SIZES:
             chunks = [texts[i : i + size] for i in range(0, len(texts) - size + 1, size)]
             transports = [
@@ -342,6 +347,93 @@ def measure_server(
     return cells
 
 
+@dataclass
+class SingleTextOverhead:
+    served_p50_s: float
+    in_process_p50_s: float
+
+    @property
+    def overhead_s(self) -> float:
+        return self.served_p50_s - self.in_process_p50_s
+
+
+async def interleave_single_texts(
+    url: str, score: Callable[[list[str]], np.ndarray], texts: list[str], blocks: int, block: int
+) -> SingleTextOverhead:
+    """One text at a time, served (c=1) and in-process, alternating in blocks of `block` texts.
+
+    The machine's speed drifts by a third over minutes here (a shared 2-core VM), so latencies
+    measured minutes apart differ by more than the overhead asked about. Alternating blocks
+    puts both sides under the same conditions; the server is idle while in-process calls run.
+    """
+    served: list[float] = []
+    in_process: list[float] = []
+    headers = {"content-type": "application/json"}
+    bodies = [json.dumps({"texts": [text]}).encode() for text in texts]
+    async with aiohttp.ClientSession() as session:
+        for index in range(block):  # warm-up of both paths
+            async with session.post(url, data=bodies[index], headers=headers) as response:
+                await response.read()
+            score([texts[index]])
+        for start in range(0, blocks * block, block):
+            for index in range(start, start + block):
+                started = time.perf_counter()
+                async with session.post(url, data=bodies[index % len(texts)], headers=headers) as r:
+                    await r.read()
+                served.append(time.perf_counter() - started)
+            for index in range(start, start + block):
+                started = time.perf_counter()
+                score([texts[index % len(texts)]])
+                in_process.append(time.perf_counter() - started)
+    return SingleTextOverhead(float(np.median(served)), float(np.median(in_process)))
+
+
+@dataclass
+class TransportRounds:
+    texts_per_request: int
+    concurrency: int
+    rest_texts_per_s: list[float]
+    grpc_texts_per_s: list[float]
+
+    @property
+    def median_ratio(self) -> float:
+        ratios = [g / r for g, r in zip(self.grpc_texts_per_s, self.rest_texts_per_s, strict=True)]
+        return float(np.median(ratios))
+
+
+def alternate_transports(
+    url: str,
+    grpc_target: str,
+    texts: list[str],
+    size: int,
+    concurrency: int,
+    rounds: int,
+    duration_s: float,
+) -> TransportRounds:
+    """REST and gRPC in alternating rounds on one server, for the gRPC/REST ratio.
+
+    At c=32 both transports feed the same model, which is the bottleneck, so the ratio is near 1
+    and a single window each, taken a minute apart, measures mostly the machine's drift (single
+    rounds here ranged 0.95-1.14). The median of per-round ratios compares like with like.
+    """
+    from reward_service.grpc_gen import reward_pb2
+
+    chunks = [texts[i : i + size] for i in range(0, len(texts) - size + 1, size)]
+    rest_bodies = [json.dumps({"texts": chunk}).encode() for chunk in chunks]
+    grpc_bodies = [reward_pb2.ScoreRequest(texts=chunk).SerializeToString() for chunk in chunks]
+    result = TransportRounds(size, concurrency, [], [])
+    for _ in range(rounds):
+        rate, _, _ = asyncio.run(
+            drive(http_sender(url), rest_bodies, size, concurrency, duration_s)
+        )
+        result.rest_texts_per_s.append(rate)
+        rate, _, _ = asyncio.run(
+            drive(grpc_sender(grpc_target), grpc_bodies, size, concurrency, duration_s)
+        )
+        result.grpc_texts_per_s.append(rate)
+    return result
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -368,7 +460,11 @@ def describe_machine(args: argparse.Namespace) -> str:
 
 
 def print_report(
-    in_process: InProcess, served: list[Cell], naive: list[Cell], over_grpc: list[Cell]
+    in_process: InProcess,
+    served: list[Cell],
+    naive: list[Cell],
+    over_grpc: list[Cell],
+    single_text: SingleTextOverhead | None,
 ) -> bool:
     best_batch, limit = in_process.limit
     single_ms = in_process.single_text_latency_s * 1e3
@@ -415,12 +511,13 @@ def print_report(
     if cell and naive_rate.get((1, 32)):
         ratio = cell.texts_per_s / naive_rate[(1, 32)]
         checks.append(("served/naive at c=32, 1-text >= 1.8", ratio >= 1.8, f"{ratio:.2f}"))
-    cell = served_cell(1, 1)
-    if cell:
-        overhead_ms = cell.p50_s * 1e3 - single_ms
+    if single_text is not None:  # measured interleaved, so both sides see the same machine
+        served_ms = single_text.served_p50_s * 1e3
+        in_process_ms = single_text.in_process_p50_s * 1e3
+        overhead_ms = single_text.overhead_s * 1e3
         checks.append((
-            "c=1 p50 - in-process one-text latency <= 3 ms", overhead_ms <= 3.0,
-            f"{cell.p50_s * 1e3:.1f} - {single_ms:.1f} = {overhead_ms:+.1f} ms",
+            "c=1 p50 - in-process one-text latency <= 3 ms (interleaved)", overhead_ms <= 3.0,
+            f"{served_ms:.1f} - {in_process_ms:.1f} = {overhead_ms:+.1f} ms",
         ))  # fmt: skip
     peak = max((c.peak_rss_mb for c in served if c.concurrency == 128), default=None)
     if peak is not None:
@@ -428,11 +525,14 @@ def print_report(
     print("targets (issue 2):")
     for name, ok, value in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
-    return print_grpc_report(served, over_grpc) and all(ok for _, ok, _ in checks)
+    return all(ok for _, ok, _ in checks)
 
 
-def print_grpc_report(served: list[Cell], over_grpc: list[Cell]) -> bool:
-    """REST and gRPC side by side on the same server, and issue 3's target."""
+def print_grpc_report(
+    served: list[Cell], over_grpc: list[Cell], transport_rounds: list[TransportRounds]
+) -> bool:
+    """REST and gRPC side by side on the same server, and issue 3's target (from the
+    alternating rounds; the single-window table is printed for reference)."""
     if not over_grpc:
         return True
     rest = {(c.texts_per_request, c.concurrency): c for c in served}
@@ -453,10 +553,15 @@ def print_grpc_report(served: list[Cell], over_grpc: list[Cell]) -> bool:
             f"{base.p50_s * 1e3:>9.1f}{cell.p50_s * 1e3:>9.1f}"
             f"{base.p99_s * 1e3:>9.1f}{cell.p99_s * 1e3:>9.1f}{base.failed + cell.failed:>6}"
         )
-        if cell.concurrency == 32:
-            checks.append((f"gRPC/REST at c=32, {cell.texts_per_request}-text >= 1.0",
-                           ratio >= 1.0, f"{ratio:.2f}"))  # fmt: skip
     print()
+    for result in transport_rounds:
+        ratio = result.median_ratio
+        checks.append((
+            f"gRPC/REST at c=32, {result.texts_per_request}-text >= 1.0 (median of "
+            f"{len(result.rest_texts_per_s)} alternating rounds)", ratio >= 1.0,
+            f"{ratio:.2f} (REST {np.median(result.rest_texts_per_s):.1f}, gRPC "
+            f"{np.median(result.grpc_texts_per_s):.1f} texts/s)",
+        ))  # fmt: skip
     print("targets (issue 3):")
     for name, ok, value in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
@@ -500,9 +605,43 @@ def main() -> int:
     service = [sys.executable, "-m", "reward_service.cli", "serve", "--port", str(port),
                "--grpc-port", str(grpc_port), "--log-level", "warning", *model_options,
                *args.serve_arg]  # fmt: skip
+    overheads: list[SingleTextOverhead] = []
+
+    def interleaved(url: str) -> None:
+        blocks = 5 if args.quick else 15
+        overheads.append(
+            asyncio.run(interleave_single_texts(url, in_process.score, texts, blocks, 20))
+        )
+        single = overheads[0]
+        print(
+            f"  interleaved one text at a time: served p50 {single.served_p50_s * 1e3:.1f} ms, "
+            f"in-process p50 {single.in_process_p50_s * 1e3:.1f} ms"
+        )
+
+    transport_rounds: list[TransportRounds] = []
+
+    def on_ready(url: str) -> None:
+        interleaved(url)
+        if not grpc_port:
+            return
+        rounds, duration_s = (2, 2.0) if args.quick else (5, 5.0)
+        for size in REQUEST_SIZES:
+            result = alternate_transports(
+                url, f"127.0.0.1:{grpc_port}", texts, size, 32, rounds, duration_s
+            )
+            transport_rounds.append(result)
+            print(
+                f"  REST/gRPC alternating, {size} text(s) c=32: gRPC/REST per round "
+                + " ".join(
+                    f"{g / r:.2f}"
+                    for g, r in zip(result.grpc_texts_per_s, result.rest_texts_per_s, strict=True)
+                )
+            )
+
     served = measure_server(
-        "service", service, port, texts, concurrencies, args.duration_s, grpc_port=grpc_port
-    )
+        "service", service, port, texts, concurrencies, args.duration_s, grpc_port=grpc_port,
+        on_ready=on_ready,
+    )  # fmt: skip
     over_grpc = [cell for cell in served if cell.server == "grpc"]
     served = [cell for cell in served if cell.server != "grpc"]
 
@@ -516,7 +655,9 @@ def main() -> int:
 
     print()
     print(describe_machine(args))
-    return 0 if print_report(in_process, served, naive, over_grpc) else 1
+    single_text = overheads[0] if overheads else None
+    report_ok = print_report(in_process, served, naive, over_grpc, single_text)
+    return 0 if print_grpc_report(served, over_grpc, transport_rounds) and report_ok else 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,10 @@ from reward_service.tokenization import EncodedText
 
 logger = logging.getLogger(__name__)
 
+# Requests up to this many characters are tokenised on the event loop: for them (a few hundred
+# tokens, well under a millisecond) the two thread switches of handing the work to the tokenizer
+# thread cost more than the work itself; larger ones go to that thread.
+INLINE_TOKENIZE_MAX_CHARS = 2048
 # How far down the queue a batch looks for items of similar length; bounds the work per batch.
 GROUPING_WINDOW_BATCHES = 8
 # Past this many queued items, lengths vary little within a batch's reach: skip the cost search.
@@ -105,6 +109,11 @@ class ScoredItems:
     truncated: int
 
 
+def _characters(inputs: Sequence[str] | Sequence[tuple[str, str]]) -> int:
+    return sum(len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+               for item in inputs)  # fmt: skip
+
+
 class ModelQueue:
     def __init__(
         self,
@@ -112,14 +121,16 @@ class ModelQueue:
         batching: BatchingConfig,
         metrics: Metrics,
         tokenize_executor: Executor,
+        compute_executor: Executor,
     ) -> None:
+        """`compute_executor` runs the forward passes: a one-thread executor (forward passes never
+        overlap or fight over cores), shared by every model of a process (see Engine)."""
         self.model = model
         self.batching = batching
         self._name = model.spec.name
         self._metrics = metrics
         self._tokenize_executor = tokenize_executor
-        # One thread owns the model: forward passes never overlap or fight over cores.
-        self._model_executor = ThreadPoolExecutor(1, thread_name_prefix=f"forward-{self._name}")
+        self._compute_executor = compute_executor
         self._queue: list[_QueuedItem] = []
         self._admitted_items = 0
         self._wakeup = asyncio.Event()
@@ -150,9 +161,12 @@ class ModelQueue:
         self._admit(count)
         loop = asyncio.get_running_loop()
         try:
-            encoded = await loop.run_in_executor(
-                self._tokenize_executor, self.model.encoder.encode, inputs
-            )
+            if _characters(inputs) <= INLINE_TOKENIZE_MAX_CHARS:
+                encoded = self.model.encoder.encode(inputs)
+            else:
+                encoded = await loop.run_in_executor(
+                    self._tokenize_executor, self.model.encoder.encode, inputs
+                )
         except BaseException:
             self._admit(-count)
             raise
@@ -194,7 +208,6 @@ class ModelQueue:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._model_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -211,7 +224,7 @@ class ModelQueue:
             self._in_forward = batch
             try:
                 rewards, logits = await loop.run_in_executor(
-                    self._model_executor, self._infer, batch
+                    self._compute_executor, self._infer, batch
                 )
             except Exception as error:  # keep serving: fail only this batch's requests
                 logger.exception("forward pass failed for model %s", self._name)

@@ -39,8 +39,8 @@ async def queue_all_then_run(queue: ModelQueue, requests: list[list[str]], **sub
 
 def make_queue(model, **batching) -> tuple[ModelQueue, Metrics]:
     metrics = Metrics()
-    executor = ThreadPoolExecutor(1)
-    return ModelQueue(model, BatchingConfig(**batching), metrics, executor), metrics
+    tokenize, compute = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    return ModelQueue(model, BatchingConfig(**batching), metrics, tokenize, compute), metrics
 
 
 def test_items_are_grouped_by_length_so_padding_stays_small(model):
@@ -106,3 +106,46 @@ def test_admission_past_max_queue_items_is_refused_and_capacity_returns(model):
     assert len(second.rewards) == 4
     assert sample(metrics, "reward_requests_rejected_total") == 1
     assert sample(metrics, "reward_admitted_items") == 0
+
+
+def test_every_torch_call_of_every_model_runs_on_the_engines_one_compute_thread(
+    tiny_model_factory, monkeypatch
+):
+    """Loading, warm-up and forward passes of all models share one thread: each thread that runs
+    torch ops gets its own OpenMP team, and more OpenMP threads than cores slows every forward."""
+    import threading
+
+    from reward_service import engine as engine_module
+    from reward_service.engine import Engine
+    from reward_service.schemas import ScoreRequest
+
+    threads: set[str] = set()
+
+    def recorded(function):
+        def call(*args, **kwargs):
+            threads.add(threading.current_thread().name)
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(engine_module, "load_model", recorded(engine_module.load_model))
+    monkeypatch.setattr(ModelQueue, "warm_up", recorded(ModelQueue.warm_up))
+    monkeypatch.setattr(ModelQueue, "_infer", recorded(ModelQueue._infer))
+    specs = [
+        ModelSpec(
+            name=name, source=str(tiny_model_factory(f"compute-{name}", labels=["NEG", "POS"]))
+        )
+        for name in ("first", "second")
+    ]
+
+    async def serve_both() -> None:
+        engine = Engine(specs)
+        await engine.start()
+        try:
+            for name in ("first", "second"):
+                await engine.score(ScoreRequest(model=name, texts=["a text", "another"]))
+        finally:
+            await engine.stop()
+
+    asyncio.run(serve_both())
+    assert len(threads) == 1 and next(iter(threads)).startswith("compute"), threads

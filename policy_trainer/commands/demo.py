@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ppo-steps",
         type=int,
         default=defaults.ppo_steps,
-        help="PPO steps of 16 prompts (default %(default)s)",
+        help="PPO steps of 32 prompts (default %(default)s)",
     )
     parser.add_argument(
         "--sft-epochs",
