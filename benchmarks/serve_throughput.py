@@ -10,9 +10,10 @@ One run measures, with the default MiniLM-L6 reward model and seeded 20-60-word 
 The same served cells are also measured over gRPC (RewardService.Score on the same server, one
 HTTP/2 channel), printed as a REST vs gRPC table.
 The machine's speed drifts by 20-30% over minutes, more than the differences the c=32 targets
-ask about, so those targets are judged on alternating rounds: at c=32, in-process (at the limit's
-batch size), REST and gRPC take turns for 9 rounds, and the figure is the median of the per-round
-ratios. The c=1 overhead is likewise measured with served and in-process calls interleaved.
+ask about, so those targets are judged on alternating rounds: at c=32, in-process (the best of
+batch sizes 8-32 and the limit's), REST and gRPC take turns for 9 rounds, and the figure is the
+median of the per-round ratios. The c=1 overhead is likewise measured with served and
+in-process calls interleaved.
 It prints texts/s, p50/p99 latency, the server's peak resident memory (VmHWM) and the ratios that
 issues 2 and 3 state their targets in. The load generator is a closed loop of `concurrency` aiohttp
 clients on loopback, with request bodies serialised up front so it costs the server little CPU.
@@ -453,11 +454,16 @@ def alternate(
     rest_bodies = [json.dumps({"texts": chunk}).encode() for chunk in chunks]
     grpc_bodies = [reward_pb2.ScoreRequest(texts=chunk).SerializeToString() for chunk in chunks]
     result = AlternatingRounds(size, concurrency, [], [], [])
-    best_batch, _ = in_process.limit
+    # The limit's batch size from (a) can be a lucky window (b=2 once won at 129 texts/s and ran
+    # at 88 in every round after), so each round takes the best of the candidates: a high bar.
+    candidates = sorted({in_process.limit[0], *(b for b in in_process.texts_per_s if b >= 8)})
 
     def measure_in_process() -> None:
-        rate, _ = in_process_rate(in_process.score, texts, best_batch, duration_s)
-        result.in_process.append(rate)
+        rates = [
+            in_process_rate(in_process.score, texts, batch_size, duration_s / 2)[0]
+            for batch_size in candidates
+        ]
+        result.in_process.append(max(rates))
 
     def measure_rest() -> None:
         rate, _, _ = asyncio.run(
@@ -477,7 +483,7 @@ def alternate(
         shift = round_index % len(sides)
         for measure in sides[shift:] + sides[:shift]:
             measure()
-        line = f"in-process b={best_batch} {result.in_process[-1]:.1f}, REST {result.rest[-1]:.1f}"
+        line = f"in-process {result.in_process[-1]:.1f}, REST {result.rest[-1]:.1f}"
         if result.grpc:
             line += f", gRPC {result.grpc[-1]:.1f}"
         print(f"  alternating, {size} text(s) c={concurrency}, round {round_index + 1}: {line}")
