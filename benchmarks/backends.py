@@ -1,12 +1,13 @@
 """Backends compared on one model: texts/s for torch, onnx fp32 and onnx int8, and their agreement.
 
-    flock /tmp/rlhf-cpu.lock .venv/bin/python benchmarks/backends.py
+    flock /tmp/rlhf-cpu.lock .venv/bin/python benchmarks/backends.py [--profile]
 
 Exports the model (the project's default reward model unless --model) to fp32 and int8 ONNX
 folders, loads all three the way the server does, and times backend.forward on the same padded
 batches of seeded 20-60-word texts. The backends take turns within each round, so a neighbour's
 load slows all three alike; ratios are per round, and every figure is a median over rounds.
 Agreement is over all texts: max |reward - torch reward| and Spearman rank correlation.
+With --profile it also prints where torch and onnx fp32 spend batch 32's time, by op.
 """
 
 from __future__ import annotations
@@ -72,12 +73,70 @@ def throughput(
     return rates
 
 
+def profile(
+    models: dict[str, LoadedModel], onnx_file: Path, texts: list[str], size: int
+) -> list[str]:
+    """Where the time goes at one batch size: torch's self time by aten op, and ONNX Runtime's
+    kernel time by op type (its own profiler, on a session set up as the backend sets it up)."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+    import torch
+
+    from reward_service.backends.onnx_backend import cpu_threads
+
+    encoder = models["torch"].encoder
+    batches = [
+        encoder.pad(encoder.encode(texts[start : start + size]))
+        for start in range(0, 4 * size, size)
+    ]
+    lines = [f"where the time goes at batch {size} (share of each backend's own op time):"]
+
+    backend = models["torch"].backend
+    backend.forward(batches[0])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for features in batches:
+            backend.forward(features)
+    events = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    top = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:8]
+    lines.append("  torch:     " + ", ".join(
+        f"{event.key} {event.self_cpu_time_total / total:.0%}" for event in top
+    ))  # fmt: skip
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = cpu_threads()
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as folder:
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        names = [graph_input.name for graph_input in session.get_inputs()]
+        for features in [batches[0], *batches]:
+            session.run(None, {name: features[name] for name in names})
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    kernel_time: collections.Counter[str] = collections.Counter()
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            kernel_time[event["args"]["op_name"]] += event["dur"]
+    total = sum(kernel_time.values())
+    lines.append("  onnx fp32: " + ", ".join(
+        f"{op} {time_us / total:.0%}" for op, time_us in kernel_time.most_common(8)
+    ))  # fmt: skip
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="Model folder (default: the project's default model).")
     parser.add_argument("--rounds", type=int, default=9, help="Timed rounds per batch size.")
     parser.add_argument("--items", type=int, default=64, help="Texts per backend per round.")
     parser.add_argument("--texts", type=int, default=512, help="Texts for the agreement figures.")
+    parser.add_argument("--profile", action="store_true",
+                        help="Also print where torch and onnx fp32 spend their time.")  # fmt: skip
     args = parser.parse_args()
 
     source = Path(args.model) if args.model else ensure_default_model(default_cache_dir())
@@ -97,6 +156,11 @@ def main() -> None:
         rates = {
             size: throughput(models, texts, size, args.rounds, args.items) for size in BATCH_SIZES
         }
+        profile_lines = (
+            profile(models, exported["fp32"][0] / "model.onnx", texts, BATCH_SIZES[-1])
+            if args.profile
+            else []
+        )
 
     torch_model = models["torch"]
     print(f"model: {source}")
@@ -117,6 +181,8 @@ def main() -> None:
             cells.append(f"{statistics.median(per_round):9.1f} (x{statistics.median(ratios):.2f})")
         max_diff, rank = agree[name]
         print(f"{name:<11}{''.join(f'{cell:>28}' for cell in cells)}{max_diff:>16.2e}{rank:>10.4f}")
+    for line in profile_lines:
+        print(line)
 
 
 if __name__ == "__main__":
