@@ -402,8 +402,8 @@ async def interleave_single_texts(
 
 @dataclass
 class AlternatingRounds:
-    """Texts/s per round at one request size and concurrency: the in-process limit batch, the
-    service over REST and, when served, over gRPC, all measured in turn within each round."""
+    """Texts/s per round at one request size and concurrency: in-process (the best batch size
+    that round), the service over REST and, when served, over gRPC, measured in turn."""
 
     texts_per_request: int
     concurrency: int
