@@ -77,14 +77,14 @@ def profile(
     models: dict[str, LoadedModel], onnx_file: Path, texts: list[str], size: int
 ) -> list[str]:
     """Where the time goes at one batch size: torch's self time by aten op, and ONNX Runtime's
-    kernel time by op type (its own profiler, on a session set up as the backend sets it up)."""
+    kernel time by op type (its own profiler, on a session with the backend's settings)."""
     import collections
     import json
 
     import onnxruntime as ort
     import torch
 
-    from reward_service.backends.onnx_backend import cpu_threads
+    from reward_service.backends.onnx_backend import session_options
 
     encoder = models["torch"].encoder
     batches = [
@@ -105,11 +105,7 @@ def profile(
         f"{event.key} {event.self_cpu_time_total / total:.0%}" for event in top
     ))  # fmt: skip
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = cpu_threads()
-    options.inter_op_num_threads = 1
+    options = session_options()
     options.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as folder:
         options.profile_file_prefix = str(Path(folder) / "profile")

@@ -23,6 +23,20 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+def session_options():
+    """ONNX Runtime settings for serving: full graph optimisation, all cores on one run."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One batch at a time per model (the engine's compute thread): all cores go to that one run.
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = cpu_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only; ORT's warnings are about its own fusions
+    return options
+
+
 def export_metadata(folder: Path) -> dict:
     path = folder / EXPORT_METADATA_FILENAME
     if not path.is_file():
@@ -67,15 +81,8 @@ class OnnxBackend:
                 "(export with --quantize int8 for a smaller, faster model)"
             )
         providers, device_name = _providers(device, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # One batch at a time per model (the batcher's thread): all cores go to that one run.
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = cpu_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only; ORT's warnings are about its own fusions
         try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
+            session = ort.InferenceSession(str(path), session_options(), providers=providers)
         except Exception as error:  # ORT raises its own untyped errors for a bad file
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise ModelLoadError(f"could not load {path} with ONNX Runtime: {first_line}") from None
