@@ -34,14 +34,23 @@ def load(name: str, folder: Path, backend: str) -> LoadedModel:
     return load_model(ModelSpec(name=name, source=str(folder), backend=backend))
 
 
+def padded_batches(model: LoadedModel, texts: list[str], size: int) -> list[dict]:
+    """`texts` in consecutive batches of `size`, tokenised and padded as the server does."""
+    encoder = model.encoder
+    return [
+        encoder.pad(encoder.encode(texts[start : start + size]))
+        for start in range(0, len(texts), size)
+    ]
+
+
 def agreement(models: dict[str, LoadedModel], texts: list[str]) -> dict[str, tuple[float, float]]:
     rewards = {}
     for name, model in models.items():
-        parts = []
-        for start in range(0, len(texts), 32):
-            features = model.encoder.pad(model.encoder.encode(texts[start : start + 32]))
-            parts.extend(model.resolved.map_logits(model.backend.forward(features)))
-        rewards[name] = parts
+        rewards[name] = [
+            reward
+            for features in padded_batches(model, texts, 32)
+            for reward in model.resolved.map_logits(model.backend.forward(features))
+        ]
     import numpy as np
 
     reference = np.asarray(rewards["torch"])
@@ -55,12 +64,8 @@ def throughput(
     models: dict[str, LoadedModel], texts: list[str], batch_size: int, rounds: int, min_items: int
 ) -> dict[str, list[float]]:
     """Texts/s per round for each backend, on identical pre-padded batches."""
-    encoder = next(iter(models.values())).encoder
     count = max(min_items, batch_size)
-    batches = [
-        encoder.pad(encoder.encode(texts[start : start + batch_size]))
-        for start in range(0, count, batch_size)
-    ]
+    batches = padded_batches(next(iter(models.values())), texts[:count], batch_size)
     for model in models.values():  # warm up: first runs allocate and pick kernels
         model.backend.forward(batches[0])
     rates: dict[str, list[float]] = {name: [] for name in models}
@@ -86,11 +91,7 @@ def profile(
 
     from reward_service.backends.onnx_backend import session_options
 
-    encoder = models["torch"].encoder
-    batches = [
-        encoder.pad(encoder.encode(texts[start : start + size]))
-        for start in range(0, 4 * size, size)
-    ]
+    batches = padded_batches(models["torch"], texts[: 4 * size], size)
     lines = [f"where the time goes at batch {size} (share of each backend's own op time):"]
 
     backend = models["torch"].backend

@@ -560,10 +560,9 @@ def print_report(
     checks = []
     for size in REQUEST_SIZES:
         alternated = next((r for r in rounds if r.texts_per_request == size), None)
-        cell = served_cell(size, 32)
         if alternated:  # like with like: each round's REST rate over its own in-process rate
             checks.append(alternated.target("rest", "in_process", 0.85))
-        elif cell:
+        elif cell := served_cell(size, 32):
             ratio = cell.texts_per_s / limit
             checks.append((f"served/in-process at c=32, {size}-text >= 0.85", ratio >= 0.85,
                            f"{ratio:.2f}"))  # fmt: skip
