@@ -38,7 +38,7 @@ ARG DEFAULT_MODEL=none
 RUN mkdir -p /cache \
     && if [ "${DEFAULT_MODEL}" != none ]; then \
         REWARD_SERVICE_DEFAULT_MODEL="${DEFAULT_MODEL}" python -c "from pathlib import Path; \
-from reward_service.default_model import ensure_default_model; ensure_default_model(Path('/cache'))"; \
+from reward_service.training.default_model import ensure_default_model; ensure_default_model(Path('/cache'))"; \
     fi
 
 # -- runtime: the virtual environment on a clean slim image ----------------------------------------

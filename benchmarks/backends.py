@@ -22,10 +22,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from reward_service.config import ModelSpec, default_cache_dir  # noqa: E402
-from reward_service.default_model import ensure_default_model  # noqa: E402
-from reward_service.export import export_model, sample_texts, spearman  # noqa: E402
-from reward_service.loading import LoadedModel, load_model  # noqa: E402
+from reward_service.cache import default_cache_dir  # noqa: E402
+from reward_service.export.onnx import export_model, sample_texts  # noqa: E402
+from reward_service.model.loading import LoadedModel, load_model  # noqa: E402
+from reward_service.model.spec import ModelSpec  # noqa: E402
+from reward_service.training.default_model import ensure_default_model  # noqa: E402
 
 BATCH_SIZES = (1, 8, 32)
 
@@ -44,18 +45,17 @@ def padded_batches(model: LoadedModel, texts: list[str], size: int) -> list[dict
 
 
 def agreement(models: dict[str, LoadedModel], texts: list[str]) -> dict[str, tuple[float, float]]:
-    rewards = {}
-    for name, model in models.items():
-        rewards[name] = [
-            reward
-            for features in padded_batches(model, texts, 32)
-            for reward in model.resolved.map_logits(model.backend.forward(features))
-        ]
+    """Per backend: max |reward - torch reward| and the Spearman correlation with torch's."""
     import numpy as np
+    from scipy.stats import spearmanr
 
-    reference = np.asarray(rewards["torch"])
+    rewards = {name: model.score(texts, batch_size=32).rewards for name, model in models.items()}
+    reference = rewards["torch"]
     return {
-        name: (float(np.abs(np.asarray(values) - reference).max()), spearman(reference, values))
+        name: (
+            float(np.abs(values - reference).max()),
+            float(spearmanr(reference, values).statistic),
+        )
         for name, values in rewards.items()
     }
 
@@ -89,7 +89,7 @@ def profile(
     import onnxruntime as ort
     import torch
 
-    from reward_service.backends.onnx_backend import session_options
+    from reward_service.model.backends.onnx import session_options
 
     batches = padded_batches(models["torch"], texts[: 4 * size], size)
     lines = [f"where the time goes at batch {size} (share of each backend's own op time):"]
@@ -102,9 +102,10 @@ def profile(
     events = profiler.key_averages()
     total = sum(event.self_cpu_time_total for event in events)
     top = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:8]
-    lines.append("  torch:     " + ", ".join(
-        f"{event.key} {event.self_cpu_time_total / total:.0%}" for event in top
-    ))  # fmt: skip
+    lines.append(
+        "  torch:     "
+        + ", ".join(f"{event.key} {event.self_cpu_time_total / total:.0%}" for event in top)
+    )
 
     options = session_options()
     options.enable_profiling = True
@@ -120,9 +121,10 @@ def profile(
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             kernel_time[event["args"]["op_name"]] += event["dur"]
     total = sum(kernel_time.values())
-    lines.append("  onnx fp32: " + ", ".join(
-        f"{op} {time_us / total:.0%}" for op, time_us in kernel_time.most_common(8)
-    ))  # fmt: skip
+    lines.append(
+        "  onnx fp32: "
+        + ", ".join(f"{op} {time_us / total:.0%}" for op, time_us in kernel_time.most_common(8))
+    )
     return lines
 
 
@@ -132,8 +134,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9, help="Timed rounds per batch size.")
     parser.add_argument("--items", type=int, default=64, help="Texts per backend per round.")
     parser.add_argument("--texts", type=int, default=512, help="Texts for the agreement figures.")
-    parser.add_argument("--profile", action="store_true",
-                        help="Also print where torch and onnx fp32 spend their time.")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="Also print where torch and onnx fp32 spend their time.",
+    )
     args = parser.parse_args()
 
     source = Path(args.model) if args.model else ensure_default_model(default_cache_dir())
@@ -162,10 +167,12 @@ def main() -> None:
     torch_model = models["torch"]
     print(f"model: {source}")
     recipe = exported["int8"][1]["int8_recipe"]
-    print(f"  max_length {torch_model.encoder.max_length}; {len(texts)} seeded texts of 20-60 "
-          f"words; {args.rounds} rounds x {args.items} texts per backend, medians; int8: "
-          f"{recipe['op_types']} per_channel={recipe['per_channel']}, fp32 kept: "
-          f"{recipe['fp32_nodes']}")  # fmt: skip
+    print(
+        f"  max_length {torch_model.encoder.max_length}; {len(texts)} seeded texts of 20-60 "
+        f"words; {args.rounds} rounds x {args.items} texts per backend, medians; int8: "
+        f"{recipe['op_types']} per_channel={recipe['per_channel']}, fp32 kept: "
+        f"{recipe['fp32_nodes']}"
+    )
     header = "".join(f"{f'batch {size} texts/s (x torch)':>28}" for size in BATCH_SIZES)
     print(f"{'backend':<11}{header}{'max |Δ| reward':>16}{'Spearman':>10}")
     for name in models:

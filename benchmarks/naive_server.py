@@ -75,8 +75,8 @@ def main() -> None:
     if args.model:
         model_dir = Path(args.model)
     else:
-        from reward_service.config import default_cache_dir
-        from reward_service.default_model import ensure_default_model
+        from reward_service.cache import default_cache_dir
+        from reward_service.training.default_model import ensure_default_model
 
         model_dir = ensure_default_model(default_cache_dir())
     app = create_app(model_dir, args.device, args.dtype)

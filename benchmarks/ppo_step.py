@@ -41,8 +41,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PHASES = ("generate_s", "rollout_forward_s", "score_s", "score_wait_s", "score_overlap_s",
-          "train_s", "step_s")  # fmt: skip
+PHASES = (
+    "generate_s",
+    "rollout_forward_s",
+    "score_s",
+    "score_wait_s",
+    "score_overlap_s",
+    "train_s",
+    "step_s",
+)
 PROMPT_COUNT = 256
 SEED = 0
 
@@ -62,10 +69,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--value-model", choices=["separate", "shared"], default="separate")
     parser.add_argument("--reward-model", type=Path, help="folder (default: MiniLM-L6, new head)")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads of the trainer and of the reward server each (default 1: on a small "
         "machine, more threads than cores stall; the two processes get a core each)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     return parser.parse_args()
 
@@ -95,11 +104,18 @@ def build_policy(out: Path, words: list[str], args: argparse.Namespace) -> int:
     )
     torch.manual_seed(SEED)
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.heads, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
+        vocab_size=len(vocab),
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 8 // 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -122,8 +138,20 @@ def free_port() -> int:
 def reward_server(folder: Path, threads: int) -> Iterator[str]:
     """`reward-service serve` on a loopback port, as a user runs it; yields its URL."""
     port = free_port()
-    command = [sys.executable, "-m", "reward_service.cli", "serve", "--model", f"rm={folder}",
-               "--port", str(port), "--grpc-port", "0", "--log-level", "warning"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "reward_service.cli",
+        "serve",
+        "--model",
+        f"rm={folder}",
+        "--port",
+        str(port),
+        "--grpc-port",
+        "0",
+        "--log-level",
+        "warning",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -149,9 +177,9 @@ def reward_server(folder: Path, threads: int) -> Iterator[str]:
 
 def in_process_scorer(folder: Path):
     """The served model's scoring path, called directly: (prompts, completions) -> scores."""
-    from reward_service.config import ModelSpec
-    from reward_service.loading import load_model
-    from reward_service.mapping import format_inputs
+    from reward_service.model.inputs import format_inputs
+    from reward_service.model.loading import load_model
+    from reward_service.model.spec import ModelSpec
 
     model = load_model(ModelSpec(name="rm", source=str(folder)))
 
@@ -171,7 +199,8 @@ def main() -> int:
     from policy_trainer.prompts import read_prompts
     from policy_trainer.rollout import RemoteReward
     from policy_trainer.trainer import PPOTrainer
-    from reward_service.default_model import build_untrained_sentiment_model, minilm_folder
+    from reward_service.training.base_encoder import minilm_folder
+    from reward_service.training.default_model import build_untrained_sentiment_model
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -186,20 +215,31 @@ def main() -> int:
         write_prompts(root / "prompts.jsonl", words, args.prompt_tokens)
         prompts = read_prompts(root / "prompts.jsonl")
         config = PPOConfig(
-            steps=args.steps, seed=SEED, batch_size=args.batch_size,
-            num_mini_batches=args.mini_batches, ppo_epochs=args.ppo_epochs,
-            max_new_tokens=args.new_tokens, temperature=1.0, checkpoint_every=0,
-            samples_per_log=0, value_model=args.value_model,
-        )  # fmt: skip
+            steps=args.steps,
+            seed=SEED,
+            batch_size=args.batch_size,
+            num_mini_batches=args.mini_batches,
+            ppo_epochs=args.ppo_epochs,
+            max_new_tokens=args.new_tokens,
+            temperature=1.0,
+            checkpoint_every=0,
+            samples_per_log=0,
+            value_model=args.value_model,
+        )
 
         with reward_server(reward_folder, args.threads) as url:
             remote = RemoteReward(url)
             scorers = {"remote": remote, "in-process": in_process_scorer(reward_folder)}
             trainers = {
-                mode: PPOTrainer(config, policy_source=root / "policy", prompts=prompts,
-                                 score=scorer, run_dir=root / mode)
+                mode: PPOTrainer(
+                    config,
+                    policy_source=root / "policy",
+                    prompts=prompts,
+                    score=scorer,
+                    run_dir=root / mode,
+                )
                 for mode, scorer in scorers.items()
-            }  # fmt: skip
+            }
             results: dict[str, list[dict]] = {mode: [] for mode in trainers}
             for step in range(1, args.steps + 1):
                 # Take turns, the order alternating, so that neither always goes first.
@@ -220,15 +260,27 @@ def main() -> int:
     ratios = [remote["step_s"] / in_process["step_s"] for remote, in_process in pairs]
     ratio = medians["remote"]["step_s"] / medians["in-process"]["step_s"]
     print_table(args, policy_parameters, medians, ratio, statistics.median(ratios))
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; load average "
-          f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")  # fmt: skip
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; load average "
+        f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "medians": medians, "ratio": ratio,
-                                         "per_step": results}, indent=2))  # fmt: skip
-    print(f"{'PASS' if ratio <= 1.05 else 'FAIL'}: remote / in-process step time {ratio:.3f} "
-          "(target <= 1.05)")  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "medians": medians,
+                    "ratio": ratio,
+                    "per_step": results,
+                },
+                indent=2,
+            )
+        )
+    print(
+        f"{'PASS' if ratio <= 1.05 else 'FAIL'}: remote / in-process step time {ratio:.3f} "
+        "(target <= 1.05)"
+    )
     return 0
 
 
@@ -236,22 +288,43 @@ def print_table(
     args: argparse.Namespace, policy_parameters: int, medians: dict, ratio: float, step_ratio: float
 ) -> None:
     size_m = policy_parameters / 1e6
-    print(f"PPO step, median seconds over steps 2-{args.steps}: policy {size_m:.1f}"
-          f" M parameters ({args.layers} layers, hidden {args.hidden}, vocab {args.vocab}), batch "
-          f"{args.batch_size}, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, "
-          f"{args.ppo_epochs} epochs x {args.mini_batches} minibatch(es), "
-          f"{args.value_model} value model\n")  # fmt: skip
-    header = ("reward", "step", "generate", "forward", "score call", "score wait", "overlapped",
-              "train")  # fmt: skip
+    print(
+        f"PPO step, median seconds over steps 2-{args.steps}: policy {size_m:.1f}"
+        f" M parameters ({args.layers} layers, hidden {args.hidden}, vocab {args.vocab}), batch "
+        f"{args.batch_size}, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, "
+        f"{args.ppo_epochs} epochs x {args.mini_batches} minibatch(es), "
+        f"{args.value_model} value model\n"
+    )
+    header = (
+        "reward",
+        "step",
+        "generate",
+        "forward",
+        "score call",
+        "score wait",
+        "overlapped",
+        "train",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for mode, values in medians.items():
-        cells = [values[phase] for phase in ("step_s", "generate_s", "rollout_forward_s",
-                                            "score_s", "score_wait_s", "score_overlap_s",
-                                            "train_s")]  # fmt: skip
+        cells = [
+            values[phase]
+            for phase in (
+                "step_s",
+                "generate_s",
+                "rollout_forward_s",
+                "score_s",
+                "score_wait_s",
+                "score_overlap_s",
+                "train_s",
+            )
+        ]
         print(f"| {mode} | " + " | ".join(f"{cell:.3f}" for cell in cells) + " |")
-    print(f"\nremote / in-process: {ratio:.3f} (ratio of medians); "
-          f"{step_ratio:.3f} (median of per-step ratios)")  # fmt: skip
+    print(
+        f"\nremote / in-process: {ratio:.3f} (ratio of medians); "
+        f"{step_ratio:.3f} (median of per-step ratios)"
+    )
 
 
 if __name__ == "__main__":

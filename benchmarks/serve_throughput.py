@@ -98,8 +98,8 @@ class InProcess:
 def measure_in_process(
     model_dir: Path, texts: list[str], args: argparse.Namespace, batch_sizes: tuple[int, ...]
 ) -> InProcess:
-    from reward_service.config import ModelSpec
-    from reward_service.loading import load_model
+    from reward_service.model.loading import load_model
+    from reward_service.model.spec import ModelSpec
 
     model = load_model(
         ModelSpec(name="default", source=str(model_dir), device=args.device, dtype=args.dtype)
@@ -349,9 +349,18 @@ def measure_server(
                     p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (np.nan,) * 2
                     rss_mb = peak_rss_mb(process.pid)
                     cells.append(
-                        Cell(cell_name, size, concurrency, rate, p50, p99, rss_mb, failed,
-                             other_cpu_pct)
-                    )  # fmt: skip
+                        Cell(
+                            cell_name,
+                            size,
+                            concurrency,
+                            rate,
+                            p50,
+                            p99,
+                            rss_mb,
+                            failed,
+                            other_cpu_pct,
+                        )
+                    )
                     print(
                         f"  {cell_name:<7} {size:>2} text(s) c={concurrency:<3}: {rate:7.1f} "
                         f"texts/s, p50 {p50 * 1e3:7.1f} ms, p99 {p99 * 1e3:7.1f} ms"
@@ -564,8 +573,9 @@ def print_report(
             checks.append(alternated.target("rest", "in_process", 0.85))
         elif cell := served_cell(size, 32):
             ratio = cell.texts_per_s / limit
-            checks.append((f"served/in-process at c=32, {size}-text >= 0.85", ratio >= 0.85,
-                           f"{ratio:.2f}"))  # fmt: skip
+            checks.append(
+                (f"served/in-process at c=32, {size}-text >= 0.85", ratio >= 0.85, f"{ratio:.2f}")
+            )
     cell = served_cell(1, 32)
     if cell and naive_rate.get((1, 32)):
         ratio = cell.texts_per_s / naive_rate[(1, 32)]
@@ -574,10 +584,13 @@ def print_report(
         served_ms = single_text.served_p50_s * 1e3
         in_process_ms = single_text.in_process_p50_s * 1e3
         overhead_ms = single_text.overhead_s * 1e3
-        checks.append((
-            "c=1 p50 - in-process one-text latency <= 3 ms (interleaved)", overhead_ms <= 3.0,
-            f"{served_ms:.1f} - {in_process_ms:.1f} = {overhead_ms:+.1f} ms",
-        ))  # fmt: skip
+        checks.append(
+            (
+                "c=1 p50 - in-process one-text latency <= 3 ms (interleaved)",
+                overhead_ms <= 3.0,
+                f"{served_ms:.1f} - {in_process_ms:.1f} = {overhead_ms:+.1f} ms",
+            )
+        )
     peak = max((c.peak_rss_mb for c in served if c.concurrency == 128), default=None)
     if peak is not None:
         checks.append(("service peak memory at c=128 < 1.5 GB", peak < 1536, f"{peak:.0f} MB"))
@@ -625,24 +638,36 @@ def print_grpc_report(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration-s", type=float, default=10.0,
-                        help="Measured seconds per server cell (in-process: half).")  # fmt: skip
-    parser.add_argument("--quick", action="store_true",
-                        help="Smoke run: 2 s cells, concurrency 1 and 32, batch 1, 8.")  # fmt: skip
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=10.0,
+        help="Measured seconds per server cell (in-process: half).",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Smoke run: 2 s cells, concurrency 1 and 32, batch 1, 8.",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (model and naive server).")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--skip-naive", action="store_true", help="Measure only (a) and (b).")
     parser.add_argument("--skip-grpc", action="store_true", help="Serve and measure REST only.")
-    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                        help="Extra argument for `reward-service serve` (repeatable).")  # fmt: skip
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="Extra argument for `reward-service serve` (repeatable).",
+    )
     args = parser.parse_args()
     concurrencies, batch_sizes = CONCURRENCIES, BATCH_SIZES
     if args.quick:
         args.duration_s = min(args.duration_s, 2.0)
         concurrencies, batch_sizes = (1, 32), (1, 8)
 
-    from reward_service.config import default_cache_dir
-    from reward_service.default_model import ensure_default_model
+    from reward_service.cache import default_cache_dir
+    from reward_service.training.default_model import ensure_default_model
 
     print(describe_machine(args))
     model_dir = ensure_default_model(default_cache_dir())
@@ -657,9 +682,20 @@ def main() -> int:
 
     print("(b) reward-service serve")
     port, grpc_port = free_port(), 0 if args.skip_grpc else free_port()
-    service = [sys.executable, "-m", "reward_service.cli", "serve", "--port", str(port),
-               "--grpc-port", str(grpc_port), "--log-level", "warning", *model_options,
-               *args.serve_arg]  # fmt: skip
+    service = [
+        sys.executable,
+        "-m",
+        "reward_service.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--log-level",
+        "warning",
+        *model_options,
+        *args.serve_arg,
+    ]
     overheads: list[SingleTextOverhead] = []
 
     def interleaved(url: str) -> None:
@@ -685,9 +721,15 @@ def main() -> int:
             )
 
     served = measure_server(
-        "service", service, port, texts, concurrencies, args.duration_s, grpc_port=grpc_port,
+        "service",
+        service,
+        port,
+        texts,
+        concurrencies,
+        args.duration_s,
+        grpc_port=grpc_port,
         on_ready=on_ready,
-    )  # fmt: skip
+    )
     over_grpc = [cell for cell in served if cell.server == "grpc"]
     served = [cell for cell in served if cell.server != "grpc"]
 
@@ -695,8 +737,15 @@ def main() -> int:
     if not args.skip_naive:
         print("(c) naive server")
         port = free_port()
-        naive_command = [sys.executable, str(BENCHMARKS / "naive_server.py"), "--port", str(port),
-                         "--model", str(model_dir), *model_options]  # fmt: skip
+        naive_command = [
+            sys.executable,
+            str(BENCHMARKS / "naive_server.py"),
+            "--port",
+            str(port),
+            "--model",
+            str(model_dir),
+            *model_options,
+        ]
         naive = measure_server("naive", naive_command, port, texts, concurrencies, args.duration_s)
 
     print()

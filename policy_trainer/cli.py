@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from policy_trainer.config import ConfigError
+
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("policy_trainer.commands.ppo", "train a policy with PPO against a remote reward"),
@@ -44,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except ConfigError as error:  # refused settings, whichever the command: one message, exit 2
+        print(f"policy-trainer {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,36 +1,87 @@
-"""Every PPO hyperparameter in one place, with its default and where that default comes from.
+"""Every setting of every `policy-trainer` command, with its default and where that default comes
+from; and the one way settings become command-line flags and are validated.
 
-Sources, abbreviated in the comments: "TRL" is the PPO trainer TRL shipped last (0.12-0.2x,
-`PPOConfig` over `OnPolicyConfig`), "TRL classic" its earlier one (0.4-0.11), "N-impl" is Huang
-et al. 2023, "The N Implementation Details of RLHF with PPO" (reproducing OpenAI's
-lm-human-preferences), "Ziegler" is Ziegler et al. 2019. See ../shared/PPO_REFERENCE.md.
+Sources of the PPO defaults, abbreviated in the comments:
+- "N-impl": Huang et al. 2023, "The N Implementation Details of RLHF with PPO" (Hugging Face blog),
+  which reproduces OpenAI's lm-human-preferences (Ziegler et al. 2019) detail by detail;
+- "Ziegler": Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", whose
+  adaptive KL controller this offers;
+- "TRL": the PPO trainer Hugging Face TRL shipped last (0.12 to 0.2x, `PPOConfig` over
+  `OnPolicyConfig`), "TRL classic" its earlier one (0.4 to 0.11); TRL 1.x has no PPO trainer.
+The objective itself is PPO's clipped surrogate (Schulman et al. 2017, "Proximal Policy
+Optimization Algorithms") with GAE (Schulman et al. 2016, "High-Dimensional Continuous Control
+Using Generalized Advantage Estimation").
 
-A config file (YAML or JSON) holds any subset of the fields; command-line flags override it.
+A settings model's fields are its command's flags (`add_settings_arguments`): `--field-name`,
+documented by the field, its default in brackets; a nested settings model (LoRA) is a group of
+its own, its flags prefixed with the field's name. `build_settings` validates what was given, and
+every command reports a refused value the same way. A PPO config file (YAML or JSON) holds any
+subset of PPOConfig's fields; command-line flags override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from policy_trainer.lora import LoraOptions
-from reward_service.schemas import describe_validation_errors
+from reward_service.errors import describe_validation_errors
+from reward_service.flags import Flag, settings_overrides
+
+Settings = TypeVar("Settings", bound=BaseModel)
+
+# peft's shorthand for every linear layer but the output head: in a Llama block the attention
+# projections (q, k, v, o) and the MLP (gate, up, down).
+ALL_LINEAR = "all-linear"
 
 
 class ConfigError(ValueError):
     """A config file or value that can't be used; the message says which and why."""
 
 
+class LoraOptions(BaseModel):
+    """LoRA adapters (peft) for SFT and PPO; ``r == 0`` means no LoRA (full fine-tuning)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="LoRA adapters")
+
+    r: int = Field(0, ge=0, description="LoRA rank; 0 trains every weight instead.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling: updates are scaled by alpha / r.")
+    # No dropout by default: PPO compares log-probs of the same tokens under the rollout and the
+    # update passes, and dropout would make them differ for no reason.
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: Annotated[list[str] | str, Flag(metavar="NAME")] = Field(
+        ALL_LINEAR,
+        description="Module names to adapt, e.g. q_proj v_proj; all-linear: every linear layer "
+        "of attention and MLP, not the output head.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _all_linear_is_a_shorthand(cls, value: list[str] | str) -> list[str] | str:
+        # peft takes "all-linear" as a word of its own, not as one module name among others.
+        return ALL_LINEAR if value == [ALL_LINEAR] else value
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
+
+
 class PPOConfig(BaseModel):
     """PPO for a causal LM against a remote reward model. Batch sizes are per process: with
     `accelerate launch --num_processes K` each step trains on K * batch_size rollouts."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, title="PPO settings")
 
     # --- the run ---------------------------------------------------------------------------------
     steps: int = Field(100, ge=1, description="PPO steps (each: one rollout batch, then updates).")
@@ -189,6 +240,118 @@ class PPOConfig(BaseModel):
         return self.mini_batch_size // self.gradient_accumulation_steps
 
 
+class SFTOptions(BaseModel):
+    """Supervised fine-tuning (`policy-trainer sft`), with the defaults of a short run on a small
+    policy."""
+
+    model_config = ConfigDict(extra="forbid", title="SFT settings")
+
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the demonstrations (a fraction stops part-way)."
+    )
+    learning_rate: Annotated[float, Flag("--lr")] = Field(
+        5e-5, gt=0, description="Learning rate, after a linear warm-up; then linear decay to 0."
+    )
+    batch_size: int = Field(8, ge=1, description="Demonstrations per optimiser step.")
+    max_length: int = Field(
+        128,
+        ge=2,
+        description="Tokens per example, prompt included; longer examples are cut at the end.",
+    )
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of the steps over which the learning rate warms up."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed (adapter initialisation, data order).")
+    logging_steps: int = Field(10, ge=1, description="Log the training loss every this many steps.")
+    loss_examples: int = Field(
+        128,
+        ge=1,
+        description="The loss before and after training is measured on this many demonstrations "
+        "(the first ones).",
+    )
+    lora: LoraOptions = Field(
+        default_factory=LoraOptions,
+        description="LoRA adapters (r=0: full fine-tuning); merged into the weights when saved.",
+    )
+
+
+class EvaluationSettings(BaseModel):
+    """Sampling for `policy-trainer evaluate`, as PPO samples (no top-k, no top-p)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="evaluation settings")
+
+    max_new_tokens: int = Field(53, ge=1, description="Response length limit, as PPOConfig's.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature, as in PPO.")
+    samples_per_prompt: Annotated[int, Flag("--samples")] = Field(
+        1, ge=1, description="Responses sampled per prompt."
+    )
+    batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
+    max_prompts: int | None = Field(
+        None, description="Use only the file's first this many prompts; None: all."
+    )
+    seed: int = Field(0, description="Seed of the sampling.")
+
+
+class DemoOptions(BaseModel):
+    """`policy-trainer demo`: the whole RLHF process on the default models."""
+
+    model_config = ConfigDict(extra="forbid", title="demo settings")
+
+    run_dir: Path = Field(Path("runs/demo"), description="Where everything is written.")
+    ppo_steps: int = Field(70, description="PPO steps of 32 prompts.")
+    sft_epochs: float = Field(
+        0.0, description="Epochs of SFT on positive snippets first; 0: no SFT stage."
+    )
+    eval_prompts: int = Field(128, description="Held-out prompts for the before/after table.")
+    port: int = Field(8765, description="The reward server's loopback port.")
+    seed: int = Field(0, description="Seed of the demo data, SFT, PPO and evaluation.")
+    ppo_args: Annotated[list[str], Flag("--ppo-arg", repeat=True, metavar="--FLAG=VALUE")] = Field(
+        default_factory=list,
+        description="Passed on to `policy-trainer ppo`, e.g. --ppo-arg=--kl-coef=0.1.",
+    )
+    server_threads: int = Field(
+        1, ge=1, description="Threads of the reward server, which shares the cores with PPO."
+    )
+
+
+class DemoDataOptions(BaseModel):
+    """`policy-trainer demo-data`: which VADER movie snippets become the demo's demonstrations
+    and prompts (see `demo_data`)."""
+
+    model_config = ConfigDict(extra="forbid", title="demo data settings")
+
+    min_rating: float = Field(
+        2.0,  # "moderately positive" or more, on average over the raters
+        description="SFT demonstrations: train-split snippets whose raters' mean (-4..+4) is at "
+        "least this.",
+    )
+    prompt_words: Annotated[tuple[int, int], Flag(metavar=("MIN", "MAX"))] = Field(
+        (4, 8), description="An opening is MIN to MAX words."
+    )
+    eval_prompts: int = Field(
+        64, description="Test-split openings kept apart from PPO for evaluation."
+    )
+    seed: int = Field(0, description="Seed of the opening lengths and of the held-out draw.")
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def build_settings(
+    settings: type[Settings], values: Mapping[str, Any], source: Path | None = None
+) -> Settings:
+    """`settings` from `values` (a file's, then the flags given), or ConfigError naming each
+    refused field and why."""
+    try:
+        return settings(**values)
+    except ValidationError as error:
+        problems = describe_validation_errors(error.errors())
+        where = f" in {source}" if source is not None else ""
+        title = settings.model_config.get("title", settings.__name__)
+        raise ConfigError(f"invalid {title}{where}: {problems}") from None
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """A YAML (.yaml/.yml) or JSON file holding a mapping of PPOConfig fields."""
     text = path.read_text()
@@ -210,61 +373,12 @@ def build_config(file: Path | None = None, overrides: dict[str, Any] | None = No
     """Defaults, then the file's values, then `overrides` (command-line flags that were given)."""
     values = read_config_file(file) if file is not None else {}
     values.update(overrides or {})
-    try:
-        return PPOConfig(**values)
-    except ValidationError as error:
-        problems = describe_validation_errors(error.errors())
-        source = f" in {file}" if file is not None else ""
-        raise ConfigError(f"invalid PPO settings{source}: {problems}") from None
+    return build_settings(PPOConfig, values, source=file)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """A `--field-name` flag for every PPOConfig field (LoRA has its own `--lora-*` flags),
-    each documented by the field; a flag given overrides the config file."""
-    group = parser.add_argument_group("PPO settings (override --config; defaults in brackets)")
-    for name, field in PPOConfig.model_fields.items():
-        if name == "lora":
-            continue
-        kind, choices = _flag_type(field.annotation)
-        default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description} [{default}]".replace("%", "%%")
-        flag = "--" + name.replace("_", "-")
-        if kind is bool:
-            group.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        else:
-            group.add_argument(
-                flag,
-                dest=name,
-                type=kind,
-                choices=choices,
-                default=None,
-                metavar=None if choices else name.upper(),
-                help=help_text,
-            )
+# --- command-line flags ----------------------------------------------------------------------
 
 
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The PPOConfig fields given on the command line."""
-    overrides = {
-        name: getattr(args, name)
-        for name in PPOConfig.model_fields
-        if name != "lora" and getattr(args, name, None) is not None
-    }
-    from policy_trainer.lora import lora_options_from_args
-
-    lora = lora_options_from_args(args)
-    if lora != LoraOptions():
-        overrides["lora"] = lora
-    return overrides
-
-
-def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], list[str] | None]:
-    """The argparse type (and choices) of a field: int, float, bool, str or a Literal."""
-    arguments = [argument for argument in get_args(annotation) if argument is not type(None)]
-    if get_origin(annotation) is Literal:
-        return str, [str(argument) for argument in arguments]
-    if arguments:  # Optional[X]
-        return _flag_type(arguments[0])
-    return annotation, None
+def settings_from_args(args: argparse.Namespace, settings: type[Settings]) -> Settings:
+    """`settings` from the defaults and the flags given, or ConfigError (see build_settings)."""
+    return build_settings(settings, settings_overrides(args, settings))

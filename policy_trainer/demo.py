@@ -19,11 +19,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from policy_trainer.config import DemoOptions
 
 # PPO settings for SmolLM2-135M on 2 CPU cores; any PPOConfig field can be overridden with
 # `--ppo-arg --field=value`. LoRA keeps one copy of the weights (reference = adapters off) and
@@ -43,19 +44,7 @@ DEMO_PPO_SETTINGS: dict[str, Any] = {
     "sample_every": 5,
     "checkpoint_every": 10,
 }
-DEMO_LORA = ["--lora-r", "16", "--lora-alpha", "32"]
-
-
-@dataclass
-class DemoOptions:
-    run_dir: Path
-    ppo_steps: int = 70
-    sft_epochs: float = 0.0  # 0: no SFT stage
-    eval_prompts: int = 128
-    port: int = 8765
-    seed: int = 0
-    ppo_args: list[str] = field(default_factory=list)
-    server_threads: int = 1
+DEMO_LORA: dict[str, Any] = {"lora_r": 16, "lora_alpha": 32}
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -79,41 +68,54 @@ def run_demo(options: DemoOptions) -> int:
         policy = capture_last_line(["prepare-default"])
 
         say("3/7 demonstrations and prompts from the movie snippets")
-        run_stage(["demo-data", "--output-dir", str(data_dir), "--eval-prompts",
-                   str(options.eval_prompts), "--seed", str(options.seed)])  # fmt: skip
+        data = flags(output_dir=data_dir, eval_prompts=options.eval_prompts, seed=options.seed)
+        run_stage(["demo-data", *data])
 
         start_policy = policy
         if options.sft_epochs > 0:
             say(f"4/7 SFT on clearly positive snippets ({options.sft_epochs:g} epochs, LoRA)")
             start_policy = str(run_dir / "sft-policy")
-            demonstrations = str(data_dir / "sft_demonstrations.jsonl")
-            run_stage(["sft", "--model", policy, "--data", demonstrations,
-                       "--output-dir", start_policy, "--epochs", str(options.sft_epochs),
-                       "--lr", "2e-4", *DEMO_LORA, "--seed", str(options.seed)])  # fmt: skip
+            sft = flags(
+                model=policy,
+                data=data_dir / "sft_demonstrations.jsonl",
+                output_dir=start_policy,
+                epochs=options.sft_epochs,
+                lr="2e-4",
+                **DEMO_LORA,
+                seed=options.seed,
+            )
+            run_stage(["sft", *sft])
         else:
             say("4/7 SFT skipped (--sft-epochs 0)")
 
-        evaluation = ["--reward-url", url, "--prompts", str(data_dir / "eval_prompts.jsonl"),
-                      "--reference", start_policy, "--seed", str(options.seed),
-                      "--max-new-tokens", str(DEMO_PPO_SETTINGS["max_new_tokens"]),
-                      "--show", "0"]  # fmt: skip
+        evaluation = flags(
+            reward_url=url,
+            prompts=data_dir / "eval_prompts.jsonl",
+            reference=start_policy,
+            seed=options.seed,
+            max_new_tokens=DEMO_PPO_SETTINGS["max_new_tokens"],
+            show=0,
+        )
         say("5/7 held-out evaluation before PPO")
-        run_stage(["evaluate", "--policy", policy, *evaluation, "--output",
-                   str(run_dir / "before.json")])  # fmt: skip
+        run_stage(["evaluate", *flags(policy=policy, output=run_dir / "before.json"), *evaluation])
 
         say(f"6/7 PPO, {options.ppo_steps} steps, scored on the reward service")
         ppo_dir = run_dir / "ppo"
-        settings = [
-            f"--{name.replace('_', '-')}={value}" for name, value in DEMO_PPO_SETTINGS.items()
-        ]
-        run_stage(["ppo", "--policy", start_policy, "--reward-url", url, "--prompts",
-                   str(data_dir / "ppo_prompts.jsonl"), "--output-dir", str(ppo_dir),
-                   "--steps", str(options.ppo_steps), "--seed", str(options.seed), *settings,
-                   *DEMO_LORA, *options.ppo_args])  # fmt: skip
+        ppo = flags(
+            policy=start_policy,
+            reward_url=url,
+            prompts=data_dir / "ppo_prompts.jsonl",
+            output_dir=ppo_dir,
+            steps=options.ppo_steps,
+            seed=options.seed,
+            **DEMO_PPO_SETTINGS,
+            **DEMO_LORA,
+        )
+        run_stage(["ppo", *ppo, *options.ppo_args])
 
         say("7/7 held-out evaluation after PPO")
-        run_stage(["evaluate", "--policy", str(ppo_dir / "policy"), *evaluation, "--output",
-                   str(run_dir / "after.json")])  # fmt: skip
+        after = flags(policy=ppo_dir / "policy", output=run_dir / "after.json")
+        run_stage(["evaluate", *after, *evaluation])
     finally:
         stop(server)
 
@@ -163,6 +165,11 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
+def flags(**values: Any) -> list[str]:
+    """Command-line flags from keywords: ``flags(output_dir="out")`` is ``["--output-dir=out"]``."""
+    return [f"--{name.replace('_', '-')}={value}" for name, value in values.items()]
+
+
 def trainer_command(arguments: list[str]) -> list[str]:
     return [sys.executable, "-m", "policy_trainer.cli", *arguments]
 
@@ -181,8 +188,8 @@ def start_reward_server(options: DemoOptions, log_path: Path) -> subprocess.Pope
     # in tens of milliseconds and leaves the rest to the trainer (two processes each spinning two
     # OpenMP threads on two cores slow each other down many times over).
     env = {**os.environ, "OMP_NUM_THREADS": str(options.server_threads)}
-    command = [sys.executable, "-m", "reward_service.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(options.port), "--grpc-port", "0"]  # fmt: skip
+    serve = flags(host="127.0.0.1", port=options.port, grpc_port=0)
+    command = [sys.executable, "-m", "reward_service.cli", "serve", *serve]
     with open(log_path, "wb") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 

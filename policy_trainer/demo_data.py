@@ -25,17 +25,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from policy_trainer.config import DemoDataOptions
 from reward_service.training.vader import Snippet, read_movie_snippets, split_of
 
-DEFAULT_MIN_RATING = 2.0  # "moderately positive" or more, on average over the raters
-DEFAULT_PROMPT_WORDS = (4, 8)
-DEFAULT_EVAL_PROMPTS = 64
-DEFAULT_SEED = 0
+DEFAULTS = DemoDataOptions()
 MIN_RESPONSE_WORDS = 2  # a demonstration continues its opening by at least this much
 
 
 @dataclass(frozen=True)
 class DemoFiles:
+    """The three files `write_demo_data` writes."""
+
     sft_demonstrations: Path  # {"prompt", "response"} per line
     ppo_prompts: Path  # {"prompt"} per line
     eval_prompts: Path  # {"prompt"} per line, disjoint from ppo_prompts
@@ -56,9 +56,9 @@ def opening_length(snippet_id: int, seed: int, prompt_words: tuple[int, int]) ->
 def sft_demonstrations(
     snippets: Iterable[Snippet],
     *,
-    min_rating: float = DEFAULT_MIN_RATING,
-    prompt_words: tuple[int, int] = DEFAULT_PROMPT_WORDS,
-    seed: int = DEFAULT_SEED,
+    min_rating: float = DEFAULTS.min_rating,
+    prompt_words: tuple[int, int] = DEFAULTS.prompt_words,
+    seed: int = DEFAULTS.seed,
 ) -> list[dict[str, str]]:
     """Clearly positive train-split snippets as completions of their own openings."""
     demonstrations = []
@@ -76,9 +76,9 @@ def sft_demonstrations(
 def held_out_prompts(
     snippets: Iterable[Snippet],
     *,
-    prompt_words: tuple[int, int] = DEFAULT_PROMPT_WORDS,
-    eval_prompts: int = DEFAULT_EVAL_PROMPTS,
-    seed: int = DEFAULT_SEED,
+    prompt_words: tuple[int, int] = DEFAULTS.prompt_words,
+    eval_prompts: int = DEFAULTS.eval_prompts,
+    seed: int = DEFAULTS.seed,
 ) -> tuple[list[str], list[str]]:
     """Openings of the test-split snippets, as (PPO prompts, evaluation prompts)."""
     test = sorted((s for s in snippets if split_of(s.id) == "test"), key=lambda s: s.id)
@@ -95,10 +95,10 @@ def held_out_prompts(
 def write_demo_data(
     out: Path,
     *,
-    min_rating: float = DEFAULT_MIN_RATING,
-    prompt_words: tuple[int, int] = DEFAULT_PROMPT_WORDS,
-    eval_prompts: int = DEFAULT_EVAL_PROMPTS,
-    seed: int = DEFAULT_SEED,
+    min_rating: float = DEFAULTS.min_rating,
+    prompt_words: tuple[int, int] = DEFAULTS.prompt_words,
+    eval_prompts: int = DEFAULTS.eval_prompts,
+    seed: int = DEFAULTS.seed,
 ) -> DemoFiles:
     """Write the three JSONL files into ``out``."""
     low, high = prompt_words

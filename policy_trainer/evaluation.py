@@ -15,24 +15,22 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from policy_trainer.rollout import ScoreFunction
+import torch
 
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    max_new_tokens: int = 53  # as PPOConfig
-    temperature: float = 0.7  # as PPOConfig
-    samples_per_prompt: int = 1
-    batch_size: int = 32  # prompts per generation batch
-    max_prompts: int | None = None  # the first this many prompts of the file; None: all
-    seed: int = 0
+from policy_trainer.config import EvaluationSettings
+from policy_trainer.forward import response_logprobs
+from policy_trainer.models import PolicyLoadError, load_policy
+from policy_trainer.ppo_math import kl_per_token
+from policy_trainer.prompts import encode_prompts, read_prompts
+from policy_trainer.rollout import BackgroundScorer, ScoreFunction, generate_responses
 
 
 @dataclass
 class EvaluationResult:
+    """The figures of one evaluation, and every sample they come from."""
+
     policy: str
     reference: str | None
     prompts_file: str
@@ -49,7 +47,7 @@ class EvaluationResult:
     samples: list[dict[str, Any]] = field(default_factory=list)  # prompt, completion, score, kl
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "settings": self.settings.model_dump()}
 
 
 def evaluate_policy(
@@ -61,13 +59,6 @@ def evaluate_policy(
     settings: EvaluationSettings | None = None,
 ) -> EvaluationResult:
     """Sample, score and (with a reference) measure the KL of ``policy_source`` on the prompts."""
-    import torch
-
-    from policy_trainer.models import PolicyLoadError, load_policy
-    from policy_trainer.ppo_math import kl_per_token
-    from policy_trainer.prompts import encode_prompts, read_prompts
-    from policy_trainer.rollout import BackgroundScorer, generate_responses, response_logprobs
-
     settings = settings or EvaluationSettings()
     started = time.monotonic()
     model, tokenizer = load_policy(policy_source)

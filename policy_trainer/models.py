@@ -17,10 +17,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from reward_service.cache import default_cache_dir, staged_folder
 
 if TYPE_CHECKING:
     import torch
@@ -43,8 +43,6 @@ class PolicyLoadError(RuntimeError):
 def policy_cache_dir() -> Path:
     """The project's one cache (``REWARD_SERVICE_CACHE``, else ``~/.cache/reward-service``),
     shared with the reward service's default model."""
-    from reward_service.config import default_cache_dir
-
     return default_cache_dir()
 
 
@@ -72,22 +70,10 @@ def default_policy_folder(cache_dir: Path | None = None, *, force: bool = False)
     logger.warning(
         "converting the default policy %s into %s (once; about 30 s)", gguf_file.name, target
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Convert beside the target and rename, so an interrupted conversion never looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
+    # Converted beside the target and renamed, so an interrupted conversion never looks complete.
+    # What stands at the target is incomplete here, or being replaced (force): it goes.
+    with staged_folder(target) as staging:
         convert_gguf_policy(gguf_file, staging)
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the folder from other users
-        if force:
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            staging.rename(target)
-        except OSError:
-            # Another process finished the same conversion first; its folder is as good.
-            if not _is_complete(target):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

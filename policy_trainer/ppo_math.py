@@ -2,9 +2,15 @@
 
 Shapes: per-token tensors are (batch, response_length), aligned with the response tokens; `mask`
 is 1.0 on real response tokens and 0.0 on padding after EOS. Every mean is a masked mean, so
-padding never enters a statistic. References: Huang et al. 2023, "The N Implementation Details of
-RLHF with PPO" (the detail numbers below, "N-impl #k", are its sections' order), Ziegler et al.
-2019, and the PPO trainer TRL shipped until 0.11; see ../shared/PPO_REFERENCE.md.
+padding never enters a statistic.
+
+Sources, each cited where it is used: PPO's clipped objective, Schulman et al. 2017, "Proximal
+Policy Optimization Algorithms"; GAE, Schulman et al. 2016, "High-Dimensional Continuous Control
+Using Generalized Advantage Estimation"; the KL-penalised reward and the adaptive KL controller,
+Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"; the language-model
+details ("N-impl"), Huang et al. 2023, "The N Implementation Details of RLHF with PPO"; the KL
+estimators, Schulman 2020, "Approximating KL Divergence"; and the options and defaults of Hugging
+Face TRL's PPO trainers ("TRL": its last, 0.12 to 0.2x; "TRL classic": 0.4 to 0.11).
 """
 
 from __future__ import annotations
@@ -62,9 +68,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def kl_per_token(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k1"
 ) -> torch.Tensor:
-    """An estimate of KL(policy || reference) at each sampled token (Schulman, "Approximating KL
-    divergence"). k1 = log p - log p_ref: unbiased, can be negative per token. k3 = (r - 1) - log r
-    with r = p_ref / p: unbiased and never negative, lower variance."""
+    """An estimate of KL(policy || reference) at each sampled token (Schulman 2020).
+    k1 = log p - log p_ref: unbiased, can be negative per token. k3 = (r - 1) - log r with
+    r = p_ref / p: unbiased and never negative, lower variance."""
     if estimator == "k1":
         return logprobs - ref_logprobs
     if estimator == "k3":
@@ -110,6 +116,8 @@ def generalized_advantages(
 
 @dataclass(frozen=True)
 class PolicyLossResult:
+    """The clipped policy loss of a minibatch, with what it says about the update."""
+
     loss: torch.Tensor
     clip_fraction: torch.Tensor  # share of tokens where the clipped term was the larger loss
     approx_kl: torch.Tensor  # 0.5 * mean((log ratio)^2): how far this update moved the policy
@@ -137,6 +145,8 @@ def clipped_policy_loss(
 
 @dataclass(frozen=True)
 class ValueLossResult:
+    """The clipped value loss of a minibatch, with how often the clipping decided it."""
+
     loss: torch.Tensor
     clip_fraction: torch.Tensor  # share of tokens where the clipped value's error was larger
 
@@ -150,8 +160,9 @@ def clipped_value_loss(
 ) -> ValueLossResult:
     """0.5 * mean(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)): the value head may not
     move further than c from its rollout-time estimate in one update (N-impl, value clipping)."""
-    clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value,
-                                              clip_range_value)  # fmt: skip
+    clipped_values = old_values + torch.clamp(
+        values - old_values, -clip_range_value, clip_range_value
+    )
     unclipped_error = (values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
     return ValueLossResult(
@@ -229,8 +240,11 @@ class RunningMoments:
         self.count = total
 
     def state_dict(self) -> dict[str, float]:
-        return {"count": self.count, "mean": self.mean,
-                "sum_squared_deviations": self.sum_squared_deviations}  # fmt: skip
+        return {
+            "count": self.count,
+            "mean": self.mean,
+            "sum_squared_deviations": self.sum_squared_deviations,
+        }
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.count = int(state["count"])

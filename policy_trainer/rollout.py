@@ -1,18 +1,15 @@
-"""Rollouts: generate responses, decode them, score them remotely while computing log-probs.
+"""Rollouts: generate responses, decode them, and score them remotely in the background.
 
-Reusable pieces (PPO uses them all; `policy-trainer evaluate` the first three):
+Reusable pieces (PPO uses them all; `policy-trainer evaluate` too):
 - `generate_responses(model, tokenizer, prompts, ...)`: left-padded batch, KV cache, sampling at
   a temperature, stopping at EOS; token ids, a response mask and decoded completions.
-- `response_logprobs(model, generation, temperature=...)`: per-token log-probs (and entropies) of
-  given responses under a model, with position ids from the attention mask and the logits
-  divided by the temperature.
 - `RemoteReward` / `BackgroundScorer`: scores through the reward-service client, in a thread,
   so the trainer's next computation overlaps the service's scoring.
+The log-probs of the responses under a model are `forward.response_logprobs`.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from policy_trainer.ppo_math import entropy_from_logits, logprobs_from_logits
+from policy_trainer.forward import position_ids_from_attention_mask
+from reward_service.client import RewardClient, RewardClientError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -79,12 +77,6 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
             ids[row, longest - len(sequence) :] = torch.tensor(list(sequence), dtype=torch.long)
             mask[row, longest - len(sequence) :] = 1
     return ids, mask
-
-
-def position_ids_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2... from each row's first real token, so a left-padded prompt is positioned as it
-    would be alone (N-impl: padding must not shift positions)."""
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
 def truncate_after_eos(
@@ -172,60 +164,6 @@ def generate_responses(
     return Generation(prompt_ids, prompt_mask, response_ids, response_mask, completions, ended)
 
 
-def response_logits(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_length: int,
-    temperature: float,
-    **model_kwargs: Any,
-) -> tuple[torch.Tensor, Any]:
-    """The logits that predict each response token, divided by the sampling temperature (N-impl:
-    the log-probs must be those of the distribution actually sampled from), and the model output.
-    `input_ids` is prompt + response; position ids come from the attention mask."""
-    if _takes_logits_to_keep(model):
-        # The prompt's logits are never used: at (batch, prompt, vocabulary) they can outweigh
-        # everything else in memory.
-        model_kwargs.setdefault("logits_to_keep", response_length + 1)
-    output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        use_cache=False,
-        **model_kwargs,
-    )
-    # Position i predicts token i + 1: the response's logits start one before it.
-    logits = output.logits[:, -response_length - 1 : -1].float() / temperature
-    return logits, output
-
-
-def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the causal LM (under a peft wrapper, if any) can skip computing some logits."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-@torch.no_grad()
-def response_logprobs(
-    model: torch.nn.Module,
-    generation: Generation,
-    *,
-    temperature: float,
-    forward_batch_size: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probs, entropies) of each response token under `model`, (batch, response_length),
-    in forward passes of at most `forward_batch_size` rows."""
-    logprobs, entropies = [], []
-    for start in range(0, generation.response_ids.shape[0], forward_batch_size):
-        part = generation.rows(slice(start, start + forward_batch_size))
-        logits, _ = response_logits(
-            model, part.input_ids, part.attention_mask, part.response_ids.shape[1], temperature
-        )
-        logprobs.append(logprobs_from_logits(logits, part.response_ids))
-        entropies.append(entropy_from_logits(logits))
-    return torch.cat(logprobs), torch.cat(entropies)
-
-
 # --- scoring -------------------------------------------------------------------------------------
 
 
@@ -247,8 +185,6 @@ class RemoteReward:
         max_wait_s: float = 600.0,
         api_key: str | None = None,
     ) -> None:
-        from reward_service.client import RewardClient
-
         self.urls = [url] if isinstance(url, str) else list(url)
         self.inputs = inputs
         self.model = model
@@ -271,23 +207,22 @@ class RemoteReward:
         return self.client.score(prompts=prompts, completions=completions)
 
     def describe(self) -> dict[str, Any] | None:
-        """The served model's entry in GET /v1/models (name, labels, reward mapping...), for the
-        run's record; None where the endpoint doesn't say (gRPC, or it is down)."""
-        import httpx
-
-        url = next((url for url in self.urls if url.startswith(("http://", "https://"))), None)
-        if url is None:
-            return None
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        """The served model's entry in the service's model list (name, labels, reward mapping...),
+        for the run's record; None where the service doesn't say (it is down, or has no such
+        model)."""
+        # One quick attempt of its own, not the scoring client's patient retries: a service that
+        # is down at the start leaves the record blank, and the run's scoring rides out the outage.
         try:
-            response = httpx.get(f"{url.rstrip('/')}/v1/models", headers=headers, timeout=10)
-            models = response.json()["models"] if response.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, KeyError):
+            with RewardClient(
+                self.urls, timeout_s=10, max_retries=0, api_key=self.api_key
+            ) as client:
+                models = client.list_models()
+        except RewardClientError:
             return None
-        for entry in models:
-            if self.model is None or entry.get("name") == self.model:
-                return entry
-        return None
+        return next(
+            (entry for entry in models if self.model is None or entry.get("name") == self.model),
+            None,
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -295,6 +230,8 @@ class RemoteReward:
 
 @dataclass(frozen=True)
 class ScoringTimes:
+    """Where one background scoring call's time went, for the step's metrics."""
+
     score_s: float  # the scoring call, start to end
     wait_s: float  # how long the trainer blocked waiting for it
     overlap_s: float  # how much of the call ran while the trainer computed something else

@@ -35,7 +35,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policy_trainer.lora import LoraOptions, apply_lora, merge_lora
+from policy_trainer.config import SFTOptions
+from policy_trainer.lora import apply_lora, merge_lora
+from policy_trainer.models import load_policy
+from reward_service.errors import describe_validation_errors
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,6 +54,8 @@ class SFTDataError(ValueError):
 
 
 class PromptResponse(BaseModel):
+    """A demonstration as a prompt and the response to learn."""
+
     model_config = ConfigDict(extra="ignore")  # other fields (ids, ratings) may ride along
 
     prompt: str
@@ -58,6 +63,8 @@ class PromptResponse(BaseModel):
 
 
 class Message(BaseModel):
+    """One turn of a chat demonstration."""
+
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant"]
@@ -65,6 +72,8 @@ class Message(BaseModel):
 
 
 class Conversation(BaseModel):
+    """A chat demonstration; its assistant turns are learned."""
+
     model_config = ConfigDict(extra="ignore")
 
     messages: list[Message] = Field(min_length=1)
@@ -73,26 +82,10 @@ class Conversation(BaseModel):
 Demonstration = PromptResponse | Conversation
 
 
-class SFTOptions(BaseModel):
-    """SFT hyperparameters, with their defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, ge=1)
-    max_length: int = Field(128, ge=2, description="tokens; longer examples are cut at the end")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 0
-    logging_steps: int = Field(10, ge=1)
-    # The loss before and after training is measured on this many demonstrations (the first ones).
-    loss_examples: int = Field(128, ge=1)
-    lora: LoraOptions = LoraOptions()
-
-
 @dataclass(frozen=True)
 class SFTResult:
+    """What a finished SFT run reports (and records in its summary file)."""
+
     output_dir: Path
     examples: int
     steps: int
@@ -122,10 +115,7 @@ def read_demonstrations(path: Path | str) -> list[Demonstration]:
         try:
             demonstrations.append(kind.model_validate(content))
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in item['loc']) or 'line'}: {item['msg']}"
-                for item in error.errors()
-            )
+            problems = describe_validation_errors(error.errors())
             raise SFTDataError(
                 f'{path}:{line_number}: expected {{"prompt", "response"}} or '
                 f'{{"messages": [...]}}: {problems}'
@@ -225,9 +215,11 @@ def mean_response_loss(
             # Position t predicts token t + 1.
             labels = batch["labels"][:, 1:].to(device)
             losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX,
+                logits[:, :-1].transpose(1, 2).float(),
+                labels,
+                ignore_index=IGNORE_INDEX,
                 reduction="sum",
-            )  # fmt: skip
+            )
             total_loss += losses.item()
             total_tokens += int((labels != IGNORE_INDEX).sum())
     model.train(was_training)
@@ -246,8 +238,6 @@ def train_sft(
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
-
-    from policy_trainer.models import load_policy
 
     options = options or SFTOptions()
     started = time.monotonic()

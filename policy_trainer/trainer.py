@@ -1,14 +1,12 @@
-"""The PPO loop: generate, score remotely while computing log-probs and values, reward, GAE,
-clipped updates; with checkpoints, metrics and multi-process data parallelism (accelerate).
+"""The PPO loop: experience, clipped updates, the KL controller; with checkpoints, metrics and
+multi-process data parallelism (accelerate).
 
 One step, as `PPOTrainer.ppo_step` reads top to bottom:
-1. take this process's share of the step's prompts; sample responses (temperature, EOS stop);
-2. send them to the reward service in the background, and meanwhile compute, without gradient,
-   the policy's log-probs, the reference's, and the values;
-3. score -> per-token rewards (-beta * KL everywhere, the score on the last token) -> GAE ->
-   whitened advantages (ppo_math);
-4. `ppo_epochs` passes over shuffled minibatches of the clipped policy and value losses;
-5. the KL controller sees the step's KL; the learning rate anneals.
+1. take this process's share of the step's prompts;
+2. make their experience (`experience.ExperienceMaker`): sample responses, score them remotely
+   while computing log-probs and values, per-token rewards, GAE, whitened advantages;
+3. `ppo_epochs` passes over shuffled minibatches of the clipped policy and value losses;
+4. the KL controller sees the step's KL; the learning rate anneals.
 Every process has its own rollouts (seed + process index); DDP averages their gradients.
 """
 
@@ -17,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,9 @@ import torch
 
 from policy_trainer import checkpoint as checkpoints
 from policy_trainer.config import PPOConfig
+from policy_trainer.experience import Experience, ExperienceMaker
+from policy_trainer.lora import apply_lora, merge_lora
+from policy_trainer.models import load_policy, resolve_policy_source
 from policy_trainer.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -33,27 +34,15 @@ from policy_trainer.ppo_math import (
     ValueLossResult,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
-    generalized_advantages,
-    kl_per_token,
     logprobs_from_logits,
     masked_mean,
-    masked_whiten,
-    per_token_rewards,
-    shaped_scores,
 )
 from policy_trainer.prompts import EncodedPrompt, PromptRecord, PromptStream, encode_prompts
-from policy_trainer.rollout import (
-    BackgroundScorer,
-    Generation,
-    ScoreFunction,
-    ScoringJob,
-    ScoringTimes,
-    generate_responses,
-    response_logprobs,
-)
+from policy_trainer.rollout import BackgroundScorer, ScoreFunction
 from policy_trainer.run_log import RUN_INFO_FILENAME, RunLog
+from policy_trainer.value_model import build_policy_and_value
+from reward_service.client import DeadlineExceeded, RewardClientError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -67,22 +56,6 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message: str, checkpoint: Path) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
-
-
-@dataclass
-class Rollout:
-    """One step's batch (this process's share), everything the updates need, per token."""
-
-    generation: Generation
-    logprobs: torch.Tensor  # under the policy at rollout time ("old")
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    entropy: torch.Tensor
-    raw_scores: torch.Tensor  # as the reward service returned them
-    scores: torch.Tensor  # after the missing-EOS penalty, scaling and clipping
-    kl: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
 
 
 class PPOTrainer:
@@ -106,10 +79,6 @@ class PPOTrainer:
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
-
-        from policy_trainer.lora import apply_lora
-        from policy_trainer.models import load_policy, resolve_policy_source
-        from policy_trainer.value_model import build_policy_and_value
 
         self.config = config
         self.run_dir = Path(run_dir)
@@ -168,6 +137,16 @@ class PPOTrainer:
         # Every process walks the same stream and takes its own share of each step's prompts.
         self.prompt_stream = PromptStream(len(self.prompts), seed=config.seed)
         self.scorer = BackgroundScorer(score)
+        self.experience_maker = ExperienceMaker(
+            config,
+            accelerator=self.accelerator,
+            module=self.module,
+            reference=self.reference,
+            tokenizer=self.tokenizer,
+            scorer=self.scorer,
+            kl_controller=self.kl_controller,
+            score_moments=self.score_moments,
+        )
         self.step = 0
         self.episodes = 0
 
@@ -191,8 +170,6 @@ class PPOTrainer:
         TrainingStopped (after saving a checkpoint) if the reward service fails for longer than
         `reward_max_wait_s` or refuses a batch."""
         from tqdm.auto import tqdm
-
-        from reward_service.client import RewardClientError
 
         config = self.config
         progress = tqdm(
@@ -236,44 +213,22 @@ class PPOTrainer:
         config = self.config
         started = time.perf_counter()
         prompts = self._take_prompts()
-
-        generation = self._generate([prompt.input_ids for prompt in prompts])
-        generated = time.perf_counter()
-
-        # Scoring needs only text; the forward passes need no score: run them side by side.
-        job = self.scorer.submit(
-            [prompt.reward_prompt for prompt in prompts], generation.completions
-        )
-        logprobs, values, entropy, ref_logprobs = self._rollout_forward(generation)
-        forwarded = time.perf_counter()
-        raw_scores, scoring_times = self._collect_scores(job)
-
-        rollout = self._make_rollout(
-            generation, logprobs, ref_logprobs, values, entropy, raw_scores.to(logprobs.device)
-        )
+        experience, times = self.experience_maker.make_experience(prompts)
         beta = self.kl_controller.beta
         scored = time.perf_counter()
 
-        update_stats = self._update(rollout)
+        update_stats = self._update(experience)
         trained = time.perf_counter()
 
-        metrics = self._step_metrics(step, rollout, update_stats, beta)
+        metrics = self._step_metrics(step, experience, update_stats, beta)
         self.kl_controller.update(metrics["kl"], n_steps=metrics["batch_size"])
         self.scheduler.step()
         metrics.update(
-            generate_s=generated - started,
-            rollout_forward_s=forwarded - generated,
-            score_s=scoring_times.score_s,
-            score_wait_s=scoring_times.wait_s,
-            score_overlap_s=scoring_times.overlap_s,
-            train_s=trained - scored,
-            step_s=time.perf_counter() - started,
+            **asdict(times), train_s=trained - scored, step_s=time.perf_counter() - started
         )
         if config.samples_per_log and step % config.sample_every == 0:
-            self._log_samples(step, prompts, rollout)
+            self._log_samples(step, prompts, experience)
         return metrics
-
-    # --- rollout ----------------------------------------------------------------------------------
 
     def _take_prompts(self) -> list[EncodedPrompt]:
         share = self.config.batch_size
@@ -281,196 +236,79 @@ class PPOTrainer:
         mine = indices[self.rank * share : (self.rank + 1) * share]
         return [self.prompts[index] for index in mine]
 
-    def _generate(self, prompt_ids: list[list[int]]) -> Generation:
-        config = self.config
-        with self.accelerator.autocast():
-            return generate_responses(
-                self.policy,
-                self.tokenizer,
-                prompt_ids,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_k=config.top_k,
-                top_p=config.top_p,
-            )
-
-    @torch.no_grad()
-    def _rollout_forward(
-        self, generation: Generation
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(policy log-probs, values, entropies, reference log-probs) of the responses."""
-        config = self.config
-        module = self.accelerator.unwrap_model(self.module)
-        logprobs, values, entropy = [], [], []
-        with self.accelerator.autocast():
-            for start in range(0, len(generation.completions), config.rollout_forward_batch_size):
-                part = generation.rows(slice(start, start + config.rollout_forward_batch_size))
-                logits, part_values = module(
-                    part.input_ids,
-                    part.attention_mask,
-                    part.response_ids.shape[1],
-                    config.temperature,
-                )
-                logprobs.append(logprobs_from_logits(logits, part.response_ids))
-                values.append(part_values)
-                entropy.append(entropy_from_logits(logits))
-        ref_logprobs = self.reference_logprobs(generation)
-        return torch.cat(logprobs), torch.cat(values), torch.cat(entropy), ref_logprobs
-
-    @torch.no_grad()
-    def reference_logprobs(self, generation: Generation) -> torch.Tensor:
-        """Log-probs of the responses under the frozen reference: the initial policy, or with
-        LoRA the base model itself with its adapters switched off (no second copy)."""
-        config = self.config
-        with self.accelerator.autocast():
-            if self.reference is None:
-                with self.policy.disable_adapter():
-                    logprobs, _ = response_logprobs(
-                        self.policy,
-                        generation,
-                        temperature=config.temperature,
-                        forward_batch_size=config.rollout_forward_batch_size,
-                    )
-                return logprobs
-            logprobs, _ = response_logprobs(
-                self.reference,
-                generation,
-                temperature=config.temperature,
-                forward_batch_size=config.rollout_forward_batch_size,
-            )
-            return logprobs
-
-    def _collect_scores(self, job: ScoringJob) -> tuple[torch.Tensor, ScoringTimes]:
-        """The scores of this process's batch, once every process has its own; if any process's
-        scoring failed, every process raises (none may go on to an update the others skip)."""
-        from reward_service.client import RewardClientError, Unavailable
-
-        error = None
-        try:
-            scores, times = job.result()
-        except RewardClientError as failure:
-            error, scores, times = failure, None, None
-        failed = self.accelerator.reduce(
-            torch.tensor([float(error is not None)], device=self.accelerator.device), "sum"
-        )
-        if error is not None:
-            raise error
-        if failed.item() > 0:
-            raise Unavailable("another process of this run could not score its batch")
-        return torch.tensor(scores, dtype=torch.float32), times
-
-    def _make_rollout(
-        self,
-        generation: Generation,
-        logprobs: torch.Tensor,
-        ref_logprobs: torch.Tensor,
-        values: torch.Tensor,
-        entropy: torch.Tensor,
-        raw_scores: torch.Tensor,
-    ) -> Rollout:
-        """Scores -> per-token rewards -> advantages and returns (ppo_math, N-impl order)."""
-        config = self.config
-        mask = generation.response_mask
-        ended, penalty = generation.ended_with_eos, config.missing_eos_penalty
-        if config.score_scaling != "none":
-            # The running statistics see every process's scores, so every process scales alike.
-            penalised = shaped_scores(raw_scores, ended, missing_eos_penalty=penalty)
-            self.score_moments.update(self.accelerator.gather(penalised))
-        scores = shaped_scores(
-            raw_scores,
-            ended,
-            missing_eos_penalty=penalty,
-            scaling=config.score_scaling,
-            moments=self.score_moments,
-            clip=config.score_clip,
-        )
-        kl = kl_per_token(logprobs, ref_logprobs, config.kl_estimator) * mask
-        rewards = per_token_rewards(scores, kl, mask, self.kl_controller.beta)
-        if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = generalized_advantages(
-            rewards, values, mask, config.gamma, config.lam
-        )
-        if config.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        return Rollout(
-            generation=generation,
-            logprobs=logprobs,
-            ref_logprobs=ref_logprobs,
-            values=values,
-            entropy=entropy,
-            raw_scores=raw_scores,
-            scores=scores,
-            kl=kl,
-            advantages=advantages,
-            returns=returns,
-        )
-
     # --- the updates ------------------------------------------------------------------------------
 
-    def _update(self, rollout: Rollout) -> dict[str, float]:
+    def _update(self, experience: Experience) -> dict[str, float]:
         """`ppo_epochs` passes over shuffled minibatches; one optimiser step per minibatch,
         accumulated over its micro-batches. Returns the mean of each loss statistic."""
         config = self.config
         statistics: list[dict[str, float]] = []
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(len(rollout.scores), generator=self.shuffle_generator)
+            order = torch.randperm(len(experience.scores), generator=self.shuffle_generator)
             for minibatch in order.split(config.mini_batch_size):
                 for rows in minibatch.split(config.micro_batch_size):
                     with self.accelerator.accumulate(self.module):
-                        policy, value = self._losses(rollout, rows)
+                        policy, value = self._losses(experience, rows)
                         self.accelerator.backward(policy.loss + config.vf_coef * value.loss)
                         if self.accelerator.sync_gradients and config.max_grad_norm is not None:
                             parameters = self.module.parameters()
                             self.accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad()
-                    statistics.append({
-                        "policy_loss": policy.loss, "policy_clip_fraction": policy.clip_fraction,
-                        "approx_kl": policy.approx_kl, "value_loss": value.loss,
-                        "value_clip_fraction": value.clip_fraction,
-                    })  # fmt: skip
+                    statistics.append(
+                        {
+                            "policy_loss": policy.loss,
+                            "policy_clip_fraction": policy.clip_fraction,
+                            "approx_kl": policy.approx_kl,
+                            "value_loss": value.loss,
+                            "value_clip_fraction": value.clip_fraction,
+                        }
+                    )
         return {
             name: sum(float(entry[name].detach()) for entry in statistics) / len(statistics)
             for name in statistics[0]
         }
 
     def _losses(
-        self, rollout: Rollout, rows: torch.Tensor
+        self, experience: Experience, rows: torch.Tensor
     ) -> tuple[PolicyLossResult, ValueLossResult]:
-        """The clipped policy and value losses of some of the rollout's rows, under the model as
+        """The clipped policy and value losses of some of the experience's rows, under the model as
         it is now (with gradient)."""
         config = self.config
-        part = rollout.generation.rows(rows)
+        part = experience.generation.rows(rows)
         logits, values = self.module(
             part.input_ids, part.attention_mask, part.response_ids.shape[1], config.temperature
         )
         logprobs = logprobs_from_logits(logits, part.response_ids)
         mask = part.response_mask
         policy = clipped_policy_loss(
-            logprobs, rollout.logprobs[rows], rollout.advantages[rows], mask, config.clip_range
+            logprobs,
+            experience.logprobs[rows],
+            experience.advantages[rows],
+            mask,
+            config.clip_range,
         )
         value = clipped_value_loss(
-            values, rollout.values[rows], rollout.returns[rows], mask, config.value_clip_range
+            values, experience.values[rows], experience.returns[rows], mask, config.value_clip_range
         )
         return policy, value
 
     # --- metrics ----------------------------------------------------------------------------------
 
     def _step_metrics(
-        self, step: int, rollout: Rollout, update_stats: dict[str, float], beta: float
+        self, step: int, experience: Experience, update_stats: dict[str, float], beta: float
     ) -> dict[str, Any]:
         gather = self.accelerator.gather
-        mask = rollout.generation.response_mask
-        scores = gather(rollout.raw_scores)
-        sequence_kl = gather(rollout.kl.sum(dim=1))
-        lengths = gather(rollout.generation.response_lengths)
-        ended = gather(rollout.generation.ended_with_eos.float())
+        mask = experience.generation.response_mask
+        scores = gather(experience.raw_scores)
+        sequence_kl = gather(experience.kl.sum(dim=1))
+        lengths = gather(experience.generation.response_lengths)
+        ended = gather(experience.generation.ended_with_eos.float())
         self.episodes += len(scores)
         local = {
             **update_stats,
-            "entropy": float(masked_mean(rollout.entropy, mask)),
-            "explained_variance": explained_variance(rollout.values, rollout.returns, mask),
+            "entropy": float(masked_mean(experience.entropy, mask)),
+            "explained_variance": explained_variance(experience.values, experience.returns, mask),
         }
         averaged = self.accelerator.reduce(
             torch.tensor(list(local.values()), device=self.accelerator.device), "mean"
@@ -489,13 +327,14 @@ class PPOTrainer:
             "learning_rate": self.scheduler.get_last_lr()[0],
         }
 
-    def _log_samples(self, step: int, prompts: list[EncodedPrompt], rollout: Rollout) -> None:
-        completions = rollout.generation.completions
-        scores = rollout.raw_scores.tolist()
-        self.run_log.log_samples(step, [
+    def _log_samples(self, step: int, prompts: list[EncodedPrompt], experience: Experience) -> None:
+        completions = experience.generation.completions
+        scores = experience.raw_scores.tolist()
+        samples = [
             {"prompt": prompt.reward_prompt, "completion": completion, "score": score}
             for prompt, completion, score in zip(prompts, completions, scores, strict=True)
-        ][: self.config.samples_per_log])  # fmt: skip
+        ]
+        self.run_log.log_samples(step, samples[: self.config.samples_per_log])
 
     # --- checkpoints and the final policy ---------------------------------------------------------
 
@@ -557,8 +396,6 @@ class PPOTrainer:
         logger.info("resumed from %s (step %d)", folder, self.step)
 
     def _stop_on_reward_failure(self, resume_point: dict[str, Any], error: Exception) -> Exception:
-        from reward_service.client import DeadlineExceeded, Unavailable
-
         folder = self.save_checkpoint(resume_point)
         if isinstance(error, DeadlineExceeded | Unavailable):
             cause = (
@@ -578,8 +415,6 @@ class PPOTrainer:
     def save_policy(self) -> Path:
         """The trained policy as a plain Hugging Face folder. With LoRA the adapters are merged
         into the weights, in place: the trainer is done with them."""
-        from policy_trainer.lora import merge_lora
-
         out = self.run_dir / FINAL_POLICY_DIRNAME
         self.accelerator.wait_for_everyone()
         if self.is_main:

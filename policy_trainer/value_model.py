@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from policy_trainer.rollout import position_ids_from_attention_mask, response_logits
+from policy_trainer.forward import position_ids_from_attention_mask, response_logits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

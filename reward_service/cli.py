@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -13,43 +12,54 @@ from typing import Any
 from pydantic import ValidationError
 
 from reward_service.client.errors import RewardClientError
-from reward_service.config import BatchingConfig, ServeSettings
-from reward_service.errors import RewardServiceError
-from reward_service.export import add_export_parser, run_export
-from reward_service.mapping import MappingError
-from reward_service.schemas import describe_validation_errors
+from reward_service.engine.schemas import ScoreRequest, ScoreResponse
+from reward_service.errors import MappingError, RewardServiceError, describe_validation_errors
+from reward_service.export.onnx import add_export_parser, run_export
+from reward_service.flags import add_settings_arguments, settings_overrides
+from reward_service.model.inputs import format_inputs
+from reward_service.model.loading import load_model
+from reward_service.model.mapping import RewardMapping
+from reward_service.serving.settings import ServeSettings
 from reward_service.training import cli as training_cli
+from reward_service.training.default_model import ensure_default_model
+
+# Flags for every model a command loads, generated from ServeSettings' and RewardMapping's fields;
+# --output and --normalize have a syntax of their own (LABEL[:WEIGHT], MEAN,STD).
+MODEL_FIELDS = ("backend", "device", "dtype", "allow_pickle", "cache_dir")
+MAPPING_FIELDS = (
+    "activation",
+    "reduce",
+    "scale",
+    "shift",
+    "input_format",
+    "template",
+    "max_length",
+    "truncation_side",
+)
+SERVE_FIELDS = [
+    name
+    for name in ServeSettings.model_fields
+    if name not in (*MODEL_FIELDS, "preset", "mapping_overrides")
+]
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--backend", choices=["auto", "torch", "onnx"],
-        help="Inference backend (auto: onnx where the folder holds model.onnx, else torch).",
-    )  # fmt: skip
-    group.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu).")
-    group.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    group.add_argument(
-        "--allow-pickle", action="store_true", default=None,
-        help="Allow pickle (.bin) weights, which can run code when loaded. Off by default.",
-    )  # fmt: skip
-    mapping = parser.add_argument_group(
-        "reward mapping", "Override the model folder's reward_config.json (for every model)."
+    add_settings_arguments(parser, ServeSettings, "model", fields=MODEL_FIELDS)
+    mapping = add_settings_arguments(
+        parser,
+        ServeSettings,
+        "reward mapping: overrides the model folder's reward_config.json (for every model)",
+        fields=("preset",),
     )
-    mapping.add_argument("--preset", help="sentiment, toxicity, toxicity-any, hate, reward-model.")
     mapping.add_argument(
-        "--output", dest="outputs", action="append", metavar="LABEL[:WEIGHT]",
+        "--output",
+        dest="outputs",
+        action="append",
+        metavar="LABEL[:WEIGHT]",
         help="A label name or index that makes up the reward; repeat to combine several.",
-    )  # fmt: skip
-    mapping.add_argument("--activation", choices=["none", "softmax", "log_softmax", "sigmoid"])
-    mapping.add_argument("--reduce", choices=["sum", "max", "min"])
-    mapping.add_argument("--scale", type=float, help="reward = scale * value + shift.")
-    mapping.add_argument("--shift", type=float)
+    )
     mapping.add_argument("--normalize", metavar="MEAN,STD", help="Then (reward - MEAN) / STD.")
-    mapping.add_argument("--input-format", choices=["text", "pair", "template"])
-    mapping.add_argument("--template", help="e.g. '{prompt}\\n{completion}'.")
-    mapping.add_argument("--max-length", type=int)
-    mapping.add_argument("--truncation-side", choices=["right", "left"])
+    add_settings_arguments(parser, RewardMapping, "reward mapping fields", fields=MAPPING_FIELDS)
 
 
 def _mapping_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,33 +75,20 @@ def _mapping_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.normalize:
         mean, _, std = args.normalize.partition(",")
         overrides["normalization"] = {"mean": float(mean), "std": float(std)}
-    for field in ("activation", "reduce", "scale", "shift", "input_format", "template",
-                  "max_length", "truncation_side"):  # fmt: skip
-        value = getattr(args, field)
-        if value is not None:
-            overrides[field] = value
     return overrides
 
 
-def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
-    """Only the flags actually given, so REWARD_SERVICE_* variables fill in the rest."""
-    return {name: value for name in names if (value := getattr(args, name, None)) is not None}
-
-
 def _settings(args: argparse.Namespace) -> ServeSettings:
-    values = _given(args, "host", "port", "grpc_port", "grpc_max_message_bytes", "backend",
-                    "device", "dtype", "allow_pickle", "preset", "log_level",
-                    "cache_dir", "api_key", "max_body_bytes", "shutdown_grace_s")  # fmt: skip
-    if getattr(args, "access_log", None):
-        values["access_log"] = True
-    if args.models:
-        values["models"] = args.models
-    overrides = _mapping_overrides(args)
+    """ServeSettings from the flags given; REWARD_SERVICE_* variables fill in the rest."""
+    values = settings_overrides(
+        args, ServeSettings, fields=(*SERVE_FIELDS, *MODEL_FIELDS, "preset")
+    )
+    overrides = {
+        **settings_overrides(args, RewardMapping, fields=MAPPING_FIELDS),
+        **_mapping_overrides(args),
+    }
     if overrides:
         values["mapping_overrides"] = overrides
-    batching = _given(args, *BatchingConfig.model_fields)
-    if batching:
-        values["batching"] = BatchingConfig(**batching)
     return ServeSettings(**values)
 
 
@@ -100,76 +97,60 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="Serve reward models over REST and gRPC.")
-    serve.add_argument(
-        "--model", dest="models", action="append", metavar="[NAME=]SOURCE",
-        help="A model folder or hub id, optionally named; repeat for several models. "
-        "Without it, the project's default reward model.",
-    )  # fmt: skip
-    serve.add_argument("--host", help="Address to bind (default 127.0.0.1).")
-    serve.add_argument("--port", type=int, help="REST port (default 8000; 0 picks a free one).")
-    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 disables gRPC).")
-    serve.add_argument(
-        "--grpc-max-message-bytes", type=int,
-        help="Largest gRPC request or response message (default 16 MiB).",
-    )  # fmt: skip
-    serve.add_argument(
-        "--max-body-bytes", type=int,
-        help="Largest REST request body (default 16 MiB); larger ones get 413 unread.",
-    )  # fmt: skip
-    serve.add_argument(
-        "--api-key", help="Require this bearer token on REST and gRPC (not health, metrics); "
-        "REWARD_SERVICE_API_KEY keeps it out of the process list.",
-    )  # fmt: skip
-    serve.add_argument(
-        "--shutdown-grace-s", type=float,
-        help="On SIGTERM: not ready, new requests refused (503 / UNAVAILABLE 'shutting down'), "
-        "accepted ones answered, exit within this many seconds (default 25).",
-    )  # fmt: skip
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--access-log", action="store_true", help="Log every request.")
-    serve.add_argument("--cache-dir", help="Where built models are kept.")
-    batching = serve.add_argument_group("batching")
-    for name, field in BatchingConfig.model_fields.items():
-        kind = float if field.annotation in (float, "float") else int
-        batching.add_argument(f"--{name.replace('_', '-')}", type=kind, help=field.description)
+    add_settings_arguments(serve, ServeSettings, "serving", fields=SERVE_FIELDS)
     _add_model_options(serve)
 
     score = commands.add_parser(
         "score", help="Score texts in-process, or on running servers (--url), and print JSON."
     )
     score.add_argument("texts", nargs="*", help="Texts to score.")
-    score.add_argument("--model", dest="models", action="append", metavar="SOURCE",
-                       help="A model folder or hub id (default: the default model); with --url, "
-                       "a served model's name.")  # fmt: skip
-    score.add_argument("--url", dest="urls", action="append",
-                       help="Score on this server through the client (http://HOST:PORT or "
-                       "grpc://HOST:PORT); repeat for replicas.")  # fmt: skip
+    score.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="SOURCE",
+        help="A model folder or hub id (default: the default model); with --url, "
+        "a served model's name.",
+    )
+    score.add_argument(
+        "--url",
+        dest="urls",
+        action="append",
+        help="Score on this server through the client (http://HOST:PORT or "
+        "grpc://HOST:PORT); repeat for replicas.",
+    )
     score.add_argument("--api-key", help="With --url (default: $REWARD_SERVICE_API_KEY).")
     score.add_argument("--prompt", dest="prompts", action="append", help="With --completion.")
     score.add_argument("--completion", dest="completions", action="append")
     score.add_argument("--raw", action="store_true", help="Also print the raw logits.")
-    score.add_argument("--cache-dir", help="Where built models are kept.")
     _add_model_options(score)
     training_cli.add_commands(commands)
     add_export_parser(commands)
     return parser
 
 
-async def _score_in_process(args: argparse.Namespace) -> dict:
-    from reward_service.schemas import ScoreRequest
-    from reward_service.server import build_engine
-
+def _score_in_process(args: argparse.Namespace) -> dict:
+    """Scores with the first model given (or the default) on the offline scoring path."""
     settings = _settings(args)
     request = ScoreRequest(
-        texts=args.texts or None, prompts=args.prompts, completions=args.completions,
+        texts=args.texts or None,
+        prompts=args.prompts,
+        completions=args.completions,
         return_raw=args.raw,
-    )  # fmt: skip
-    engine = build_engine(settings)
-    await engine.start()
-    try:
-        response = await engine.score(request)
-    finally:
-        await engine.stop()
+    )
+    default_source = None if settings.models else str(ensure_default_model(settings.cache_dir))
+    spec = settings.model_specs(default_source)[0]
+    model = load_model(spec)
+    inputs = format_inputs(
+        model.mapping, texts=request.texts, prompts=request.prompts, completions=request.completions
+    )
+    scored = model.score(inputs)
+    response = ScoreResponse(
+        model=spec.name,
+        rewards=scored.rewards.tolist(),
+        raw=scored.logits.tolist() if request.return_raw else None,
+        truncated=scored.truncated,
+    )
     return response.model_dump(exclude_none=True)
 
 
@@ -181,8 +162,9 @@ def _score_remote(args: argparse.Namespace) -> dict:
     api_key = args.api_key or os.environ.get("REWARD_SERVICE_API_KEY")
     model = args.models[0] if args.models else None
     with RewardClient(args.urls, api_key=api_key, model=model) as client:
-        rewards = client.score(texts=args.texts or None, prompts=args.prompts,
-                               completions=args.completions)  # fmt: skip
+        rewards = client.score(
+            texts=args.texts or None, prompts=args.prompts, completions=args.completions
+        )
     return {"rewards": rewards}
 
 
@@ -194,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            from reward_service.server import run
+            from reward_service.serving.server import run
 
             return run(_settings(args))
         if args.command == "score":
-            result = _score_remote(args) if args.urls else asyncio.run(_score_in_process(args))
+            result = _score_remote(args) if args.urls else _score_in_process(args)
             print(json.dumps(result))
             return 0
         if args.command in training_cli.COMMANDS:

@@ -1,6 +1,12 @@
-"""The engine's error types. Each transport maps them to its own status codes in one place."""
+"""Every error class of the service, and the two ways it words an error for a person.
+
+Each transport maps the engine's errors to its own status codes in one table
+(serving/http_errors.py, serving/grpc.py)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class RewardServiceError(Exception):
@@ -49,3 +55,50 @@ class ItemTooLong(RewardServiceError):
 class ShuttingDown(RewardServiceError):
     """The server is shutting down and accepts no new work (HTTP 503, gRPC UNAVAILABLE): retry on
     another replica. Requests accepted before the shutdown began are still answered."""
+
+
+class InferenceFailed(RewardServiceError):
+    """The forward pass raised; the message names the cause (HTTP 500, gRPC INTERNAL)."""
+
+
+class GrpcBindError(RewardServiceError):
+    """The gRPC port could not be bound (in use, or not an address of this machine)."""
+
+
+class ExportError(RewardServiceError):
+    """The model could not be exported, or the export does not reproduce its rewards."""
+
+
+class MappingError(ValueError):
+    """A reward mapping that cannot be read, merged or applied to a model; the message says why."""
+
+
+class DataError(ValueError):
+    """A training or evaluation file that cannot be read; the message names the file and line."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (libraries raise multi-line essays), or its type
+    where the message is empty."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+def describe_validation_errors(problems: Iterable[Mapping[str, Any]]) -> str:
+    """One line for a person from pydantic's error list (`ValidationError.errors()`): each
+    offending field with its problem, e.g. ``normalization.std: Input should be greater than 0``.
+    A request body's leading "body" location is left out."""
+    parts = []
+    for problem in problems:
+        if problem.get("type") == "json_invalid":
+            position = problem.get("loc", ("body", "?"))[-1]
+            parts.append(f"the body is not valid JSON (error at character {position})")
+            continue
+        location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+        message = problem.get("msg", "invalid value").removeprefix("Value error, ")
+        if not location and problem.get("type") != "value_error":
+            # A validator's own message says what it is about; "Input should be a valid
+            # dictionary" needs saying that it is about the whole value.
+            location = "(top level)"
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts) or "the request is not valid"

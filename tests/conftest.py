@@ -1,97 +1,32 @@
-"""Shared fixtures: tiny seeded models built from configs, and real servers on loopback ports."""
+"""Shared fixtures: tiny seeded models built from configs, and real servers on loopback ports.
+The helpers behind them, which test files import too, are in helpers.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers import (
+    PPO_PROMPTS,
+    PPOTask,
+    RunningServer,
+    build_tiny_causal_lm,
+    build_tiny_classifier,
+    build_word_level_lm,
+    start_server,
+    train_word_classifier,
+)
 
 # No hub at test time: a hub id must fail fast with a clear message instead of trying a network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 # A server started without --model serves the seconds-to-build untrained placeholder, not the
-# trained default (minutes of training); reward_service.default_model.
+# trained default (minutes of training); reward_service.training.default_model.
 os.environ.setdefault("REWARD_SERVICE_DEFAULT_MODEL", "untrained")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def minilm_folder() -> Path:
-    from reward_service.default_model import minilm_folder as locate
-
-    return locate()
-
-
-def build_tiny_classifier(
-    out: Path,
-    *,
-    labels: list[str],
-    problem_type: str | None = None,
-    reward_config: dict | None = None,
-    seed: int = 0,
-    architecture: str = "bert",
-) -> Path:
-    """A seeded 2-layer classifier with the MiniLM tokenizer, saved as a Hugging Face folder."""
-    import torch
-    from transformers import (
-        AutoTokenizer,
-        BertConfig,
-        BertForSequenceClassification,
-        DistilBertConfig,
-        DistilBertForSequenceClassification,
-    )
-
-    id2label = dict(enumerate(labels))
-    label2id = {label: index for index, label in id2label.items()}
-    common = dict(num_labels=len(labels), id2label=id2label, label2id=label2id,
-                  problem_type=problem_type, vocab_size=30522)  # fmt: skip
-    torch.manual_seed(seed)
-    if architecture == "distilbert":
-        config = DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4,
-                                  max_position_embeddings=128, **common)  # fmt: skip
-        model = DistilBertForSequenceClassification(config)
-    else:
-        config = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=128,
-                            **common)  # fmt: skip
-        model = BertForSequenceClassification(config)
-    # A random classifier barely separates inputs; scale the head so rewards differ visibly.
-    with torch.no_grad():
-        for parameter in model.classifier.parameters():
-            parameter.mul_(20)
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(out)
-    if reward_config is not None:
-        (out / "reward_config.json").write_text(json.dumps(reward_config))
-    return out
-
-
-def positive_logits(folder: Path, texts: list[str]) -> dict[str, float]:
-    """Each text's POSITIVE logit (the `sentiment` preset's reward), by transformers directly and
-    one text at a time: what a server must answer, computed without the server's code. For texts
-    that fit the model untruncated."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    with torch.no_grad():
-        return {
-            text: model(**tokenizer(text, return_tensors="pt")).logits[0, 1].item()
-            for text in texts
-        }
 
 
 @pytest.fixture(scope="session")
@@ -108,59 +43,6 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
     return factory
 
 
-# A tiny ChatML-style byte-level BPE tokenizer is trained on these lines for the tiny causal LMs.
-TINY_LM_CORPUS = [
-    "The movie was a delight from start to finish.",
-    "A dull, lifeless film that never finds its footing.",
-    "One of the best films of the year, funny and warm.",
-    "The plot is thin and the acting is worse.",
-    "A gorgeous, moving story about family and loss.",
-    "I loved every minute of it.",
-    "user: what did you think of the film? assistant: it was great fun.",
-]
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
-    "+ '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
-def build_tiny_causal_lm(out: Path, *, seed: int = 0) -> Path:
-    """A seeded 2-layer Llama causal LM (hidden 32) with a ChatML tokenizer trained on the fly
-    (vocab 300, eos = pad = ``<|im_end|>``, as in SmolLM2), saved as a Hugging Face folder."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe_trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(TINY_LM_CORPUS, bpe_trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|im_end|>"
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=None)  # fmt: skip
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def tiny_causal_lm_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Builds (once per name) a tiny causal LM folder; see build_tiny_causal_lm."""
@@ -173,82 +55,6 @@ def tiny_causal_lm_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable
         return built[name]
 
     return factory
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class RunningServer:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-    grpc_port: int = 0  # 0: gRPC disabled
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(
-    args: list[str],
-    log_dir: Path,
-    *,
-    wait_ready: bool = True,
-    timeout_s: float = 90,
-    port: int | None = None,
-) -> RunningServer:
-    """`reward-service serve` in a subprocess on a free loopback port (or `port`, to restart a
-    stopped server where its clients expect it), as a user would run it."""
-    port = port or free_port()
-    # Every server gets its own gRPC port too, so that servers never contend for the default.
-    if "--grpc-port" not in args:
-        args = [*args, "--grpc-port", str(free_port())]
-    grpc_port = int(args[args.index("--grpc-port") + 1])
-    log_path = log_dir / f"server-{port}.log"
-    env = {**os.environ, "REWARD_SERVICE_CACHE": str(log_dir / "cache"), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "reward_service.cli", "serve", "--port", str(port), *args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   cwd=REPO_ROOT)  # fmt: skip
-    server = RunningServer(process, port, log_path, grpc_port)
-    if wait_ready:
-        wait_until_ready(server, timeout_s)
-    return server
-
-
-def wait_until_ready(server: RunningServer, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"server not ready after {timeout_s} s:\n{server.log()}")
 
 
 @pytest.fixture(scope="session")
@@ -267,111 +73,6 @@ def server_factory(
     yield factory
     for server in servers:
         server.stop()
-
-
-# --- a task PPO can learn in a few dozen steps on a CPU ------------------------------------------
-# A tiny Llama over a word-level vocabulary writes a few words after prompts like "the movie
-# was"; a tiny classifier, trained here, scores P(the completion contains "good"). At the start
-# about one completion in five says "good"; a policy that learns says it almost every time.
-
-PPO_WORDS = "good bad movie film the a is was plot acting very not and story it this".split()
-PPO_TARGET_WORD = "good"
-PPO_PROMPTS = ["the movie was", "this film is", "the plot", "the acting was", "it is a",
-               "this story", "a film", "the story is"]  # fmt: skip
-
-
-def build_word_level_lm(out: Path, *, words: list[str] = PPO_WORDS, seed: int = 0) -> Path:
-    """A seeded 2-layer Llama (hidden 32) whose tokens are whole words (eos = pad = ``<eos>``)."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<eos>": 1, **{word: index + 2 for index, word in enumerate(words)}}
-    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, eos_token="<eos>",
-                                        pad_token="<eos>", unk_token="<unk>")  # fmt: skip
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=None,
-                         eos_token_id=1, pad_token_id=1)  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def train_word_classifier(out: Path, *, target: str = PPO_TARGET_WORD, seed: int = 0) -> Path:
-    """A tiny BERT classifier trained to tell prompt + completion texts that contain `target`
-    from those that don't; served, its reward is P(POSITIVE) = P(contains `target`)."""
-    import random
-
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    mapping = {"outputs": ["POSITIVE"], "activation": "softmax"}
-    build_tiny_classifier(out, labels=["NEGATIVE", "POSITIVE"], seed=seed, reward_config=mapping)
-    model = AutoModelForSequenceClassification.from_pretrained(out)
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    rng = random.Random(seed)
-    others = [word for word in PPO_WORDS if word != target]
-    texts, labels = [], []
-    for index in range(512):
-        words = [rng.choice(others) for _ in range(rng.randint(1, 8))]
-        if index % 2:
-            words[rng.randrange(len(words))] = target
-        texts.append(f"{rng.choice(PPO_PROMPTS)} {' '.join(words)}")
-        labels.append(index % 2)
-    encoded = tokenizer(texts, padding=True, return_tensors="pt")
-    targets = torch.tensor(labels)
-    torch.manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: fastest on one thread, and steady on a busy machine
-    try:
-        for _ in range(60):
-            rows = torch.randint(0, len(texts), (64,))
-            logits = model(input_ids=encoded["input_ids"][rows],
-                           attention_mask=encoded["attention_mask"][rows]).logits  # fmt: skip
-            loss = torch.nn.functional.cross_entropy(logits, targets[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(**encoded).logits.argmax(-1) == targets).float().mean())
-    assert accuracy > 0.95, f"the task's classifier did not learn its word ({accuracy:.2f})"
-    model.save_pretrained(out, safe_serialization=True)
-    return out
-
-
-# Settings under which the task is learnt in about ten steps (a tiny model takes a large step).
-PPO_TASK_SETTINGS = {
-    "batch_size": 32,
-    "num_mini_batches": 2,
-    "max_new_tokens": 6,
-    "temperature": 1.0,
-    "learning_rate": 3e-3,
-    "lr_schedule": "constant",
-}
-
-
-@dataclass
-class PPOTask:
-    policy: Path
-    classifier: Path
-    prompts: Path
-
-    def cli_args(self, reward_url: str, run_dir: Path, **settings) -> list[str]:
-        """`policy-trainer ppo` arguments for this task; `settings` (PPOConfig fields) as flags."""
-        flags = [f"--{name.replace('_', '-')}={value}"
-                 for name, value in {**PPO_TASK_SETTINGS, **settings}.items()]  # fmt: skip
-        return ["ppo", "--policy", str(self.policy), "--reward-url", reward_url,
-                "--prompts", str(self.prompts), "--output-dir", str(run_dir), *flags]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""`serve --api-key`: REST and gRPC need the key as a bearer token, except health and metrics."""
+"""`serve --api-key`: REST and every gRPC reward method need the key as a bearer token, compared
+in constant time; health probes, metrics, gRPC health and reflection stay open; and a server
+reachable from the network without a key says so at start."""
 
 from __future__ import annotations
 
@@ -6,18 +8,31 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from reward_service.auth import is_authorized
 from reward_service.client import RewardClient, Unauthorized
-from reward_service.config import ServeSettings
+from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
+from reward_service.serving import auth
+from reward_service.serving.auth import is_authorized
+from reward_service.serving.server import exposure_warning, is_loopback
+from reward_service.serving.settings import ServeSettings
 
 KEY = "s3cret-key"
+WARNING = "without an API key"
 
 
 @pytest.fixture(scope="module")
-def server(server_factory, tiny_model_factory):
-    folder = tiny_model_factory("api-key", labels=["NEGATIVE", "POSITIVE"])
-    return server_factory(["--model", f"m={folder}", "--api-key", KEY])
+def folder(tiny_model_factory):
+    return tiny_model_factory("api-key", labels=["NEGATIVE", "POSITIVE"])
+
+
+@pytest.fixture(scope="module")
+def server(server_factory, folder):
+    # On every interface: the start-up warning is about such a server having no key.
+    return server_factory(["--model", f"m={folder}", "--host", "0.0.0.0", "--api-key", KEY])
+
+
+# --- REST -------------------------------------------------------------------------------------
 
 
 def test_the_client_with_the_key_scores(server):
@@ -35,12 +50,21 @@ def test_a_missing_or_wrong_key_is_unauthorized_at_once(server, api_key):
 
 @pytest.mark.parametrize("route", ["/v1/models", "/docs", "/get_reward"])
 def test_every_other_route_needs_the_key(server, route):
-    response = httpx.get(f"{server.url}{route}") if route != "/get_reward" else httpx.post(
-        f"{server.url}{route}", json={"query": ["a"]}
-    )  # fmt: skip
+    if route == "/get_reward":
+        response = httpx.post(f"{server.url}{route}", json={"query": ["a"]})
+    else:
+        response = httpx.get(f"{server.url}{route}")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["type"] == "unauthorized"
+
+
+def test_health_probes_and_metrics_need_no_key(server):
+    for route in ["/health/live", "/health/ready", "/metrics"]:
+        assert httpx.get(f"{server.url}{route}").status_code == 200
+
+
+# --- gRPC -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("api_key", [KEY, None, "wrong-key"])
@@ -53,15 +77,46 @@ def test_grpc_needs_the_key_in_metadata(server, api_key):
                 client.score(texts=["a"])
 
 
+@pytest.mark.parametrize("method", ["Score", "ScoreStream", "ListModels"])
+def test_every_grpc_reward_method_needs_the_key(server, method):
+    request = reward_pb2.ScoreRequest(texts=["a"])
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        calls = {
+            "Score": lambda metadata: stub.Score(request, metadata=metadata, timeout=10),
+            "ScoreStream": lambda metadata: list(
+                stub.ScoreStream(iter([request]), metadata=metadata, timeout=10)
+            ),
+            "ListModels": lambda metadata: stub.ListModels(
+                reward_pb2.ListModelsRequest(), metadata=metadata, timeout=10
+            ),
+        }
+        with pytest.raises(grpc.RpcError) as refused:
+            calls[method](None)
+        with pytest.raises(grpc.RpcError) as wrong_key:
+            calls[method]((("authorization", "Bearer not-the-key"),))
+        assert calls[method]((("authorization", f"Bearer {KEY}"),))
+
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert wrong_key.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_grpc_health_needs_no_key(server):
     with grpc.insecure_channel(server.grpc_target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_probes_and_metrics_need_no_key(server):
-    for route in ["/health/live", "/health/ready", "/metrics"]:
-        assert httpx.get(f"{server.url}{route}").status_code == 200
+def test_grpc_reflection_needs_no_key(server):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    services = {service.name for service in reply.list_services_response.service}
+    assert "reward.v1.RewardService" in services
+
+
+# --- the key itself ---------------------------------------------------------------------------
 
 
 def test_the_key_is_compared_as_a_bearer_token():
@@ -73,8 +128,58 @@ def test_the_key_is_compared_as_a_bearer_token():
     assert not is_authorized(None, KEY)
 
 
+def test_the_key_is_compared_with_hmac_compare_digest(monkeypatch):
+    compared = []
+
+    def spy(given: bytes, key: bytes) -> bool:
+        compared.append((given, key))
+        return given == key
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+
+    assert is_authorized(f"Bearer {KEY}", KEY)
+    assert not is_authorized("Bearer guess", KEY)
+    assert compared == [(KEY.encode(), KEY.encode()), (b"guess", KEY.encode())]
+
+
 def test_the_key_may_come_from_reward_service_api_key(monkeypatch):
     monkeypatch.setenv("REWARD_SERVICE_API_KEY", KEY)
     settings = ServeSettings()
     assert settings.api_key.get_secret_value() == KEY
     assert KEY not in repr(settings)  # never printed with the settings
+
+
+# --- a server exposed without a key -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("rm.internal", False),
+    ],
+)
+def test_only_loopback_addresses_count_as_private(host, loopback):
+    assert is_loopback(host) is loopback
+    assert (exposure_warning(host, has_api_key=False) is None) is loopback
+    assert exposure_warning(host, has_api_key=True) is None
+
+
+def test_a_server_on_every_interface_without_a_key_warns_at_start(server_factory, folder):
+    server = server_factory(["--model", f"m={folder}", "--host", "0.0.0.0", "--grpc-port", "0"])
+    warnings = [line for line in server.log().splitlines() if WARNING in line]
+    assert len(warnings) == 1
+    assert "WARNING" in warnings[0] and "--api-key" in warnings[0]
+
+
+def test_a_server_with_a_key_or_on_loopback_does_not_warn(server, server_factory, folder):
+    on_loopback = server_factory(["--model", f"m={folder}", "--grpc-port", "0"])
+    assert WARNING not in server.log()
+    assert WARNING not in on_loopback.log()

@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from reward_service.batcher import ModelQueue
-from reward_service.config import BatchingConfig, ModelSpec
+from reward_service.engine.limits import BatchingConfig
+from reward_service.engine.metrics import Metrics
+from reward_service.engine.queue import ModelQueue
 from reward_service.errors import DeadlineExceeded, QueueFull
-from reward_service.loading import load_model
-from reward_service.metrics import Metrics
+from reward_service.model.loading import load_model
+from reward_service.model.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +116,9 @@ def test_every_torch_call_of_every_model_runs_on_the_engines_one_compute_thread(
     torch ops gets its own OpenMP team, and more OpenMP threads than cores slows every forward."""
     import threading
 
-    from reward_service import engine as engine_module
-    from reward_service.engine import Engine
-    from reward_service.schemas import ScoreRequest
+    from reward_service.engine import engine as engine_module
+    from reward_service.engine.engine import Engine
+    from reward_service.engine.schemas import ScoreRequest
 
     threads: set[str] = set()
 

@@ -1,5 +1,6 @@
 """The reward client against real servers on loopback ports: splitting, retries, failover,
-typed errors and deadlines; the pure retry schedule and endpoint choice without a server."""
+typed errors, deadlines and the served models' list; the pure retry schedule and endpoint choice
+without a server."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import RunningServer, start_server
+from helpers import RunningServer, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from reward_service.client import (
@@ -19,19 +20,22 @@ from reward_service.client import (
     DeadlineExceeded,
     ModelNotFound,
     RewardClient,
+    Unauthorized,
     Unavailable,
     backoff_delay_s,
 )
 from reward_service.client.base import EndpointPool
-from reward_service.config import BatchingConfig, ModelSpec
-from reward_service.engine import Engine
-from reward_service.schemas import ScoreRequest
+from reward_service.engine.engine import Engine
+from reward_service.engine.limits import BatchingConfig
+from reward_service.engine.schemas import ScoreRequest
+from reward_service.model.spec import ModelSpec
 
 LABELS = ["NEGATIVE", "POSITIVE"]
 # Scaled up so that distinct texts get clearly distinct rewards (a random head barely varies).
 PAIR_CONFIG = {"preset": "sentiment", "input_format": "pair", "scale": 1000.0}
 # Retries quick enough for a test, patient enough to outlast a server restart (several seconds).
 PATIENT = dict(max_retries=60, backoff_base_s=0.05, backoff_max_s=0.5, endpoint_cooldown_s=0.2)
+API_KEY = "client-key"
 
 
 def many_texts(count: int, seed: int = 0) -> list[str]:
@@ -75,6 +79,28 @@ def score_requests(server: RunningServer, status: str = "200") -> float:
     return 0.0
 
 
+def list_models(url: str, twin: str, **options) -> list[dict]:
+    """`list_models()` of the sync or the async client."""
+    if twin == "sync":
+        with RewardClient(url, **options) as client:
+            return client.list_models()
+
+    async def list_async() -> list[dict]:
+        async with AsyncRewardClient(url, **options) as client:
+            return await client.list_models()
+
+    return asyncio.run(list_async())
+
+
+def described(models: list[dict]) -> list[tuple]:
+    """Each model entry's name, labels and max_length, in order."""
+    return [(model["name"], model["labels"], model["max_length"]) for model in models]
+
+
+def endpoint(server: RunningServer, transport: str) -> str:
+    return server.url if transport == "http" else f"grpc://{server.grpc_target}"
+
+
 @pytest.fixture(scope="module")
 def folder(tiny_model_factory):
     return tiny_model_factory("client-sentiment", labels=LABELS, reward_config=PAIR_CONFIG)
@@ -84,6 +110,12 @@ def folder(tiny_model_factory):
 def server(server_factory, folder) -> RunningServer:
     """Takes at most 256 items per request (the client is told more, and learns)."""
     return server_factory(["--model", f"m={folder}", "--max-items-per-request", "256"])
+
+
+@pytest.fixture(scope="module")
+def keyed_server(server_factory, folder) -> RunningServer:
+    """Needs API_KEY as a bearer token (REST) or in the call's metadata (gRPC)."""
+    return server_factory(["--model", f"m={folder}", "--api-key", API_KEY])
 
 
 # --- the pure parts -------------------------------------------------------------------------
@@ -160,6 +192,26 @@ def test_the_grpc_transport_returns_exactly_what_http_returns(server):
             return await client.score(texts=texts)
 
     assert_same_rewards(asyncio.run(score_async()), expected)
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_list_models_returns_the_served_models_as_get_v1_models_describes_them(
+    server, twin, transport
+):
+    models = list_models(endpoint(server, transport), twin)
+    served = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
+    assert described(models) == described(served)
+    assert described(served) == [("m", LABELS, 128)]  # the tiny model's position table
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_list_models_with_a_wrong_api_key_is_unauthorized(keyed_server, twin, transport):
+    url = endpoint(keyed_server, transport)
+    with pytest.raises(Unauthorized):
+        list_models(url, twin, api_key="wrong-key", **PATIENT)
+    assert described(list_models(url, twin, api_key=API_KEY)) == [("m", LABELS, 128)]
 
 
 @pytest.mark.parametrize("twin", ["sync", "async"])

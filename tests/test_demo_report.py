@@ -30,7 +30,7 @@ def test_the_gain_is_in_units_of_the_initial_scores_std():
     assert "wall time 1.5 min" in report
 
 
-def test_three_before_after_pairs_for_the_same_prompts_each_on_one_line():
+def test_the_report_shows_three_before_after_pairs_for_the_same_prompts_each_on_one_line():
     before = evaluation(0.0, 1.0, 0.0, ["one\nline", "two", "three", "four"])
     after = evaluation(1.0, 1.0, 1.0, ["ONE", "TWO", "THREE", "FOUR"])
     report = demo_report(before, after, Path("run/ppo"), seconds=60)

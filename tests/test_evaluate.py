@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from helpers import free_port
 
-from policy_trainer.evaluation import EvaluationSettings, evaluate_policy
+from policy_trainer.config import EvaluationSettings
+from policy_trainer.evaluation import evaluate_policy
 from policy_trainer.rollout import RemoteReward
 from reward_service.client import RewardClient
 

@@ -50,7 +50,7 @@ def folders(tiny_model_factory):
             problem_type="multi_label_classification",
             reward_config={"preset": "toxicity"},
             seed=1,
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -124,10 +124,11 @@ def test_score_of_prompt_completion_pairs_returns_exactly_the_rest_rewards(
 
 def test_score_stream_answers_many_requests_in_request_order(server, stub):
     requests = [
-        reward_pb2.ScoreRequest(texts=[f"request {i} item {j} " * (1 + (i * 7 + j) % 9)
-                                       for j in range(1 + i % 4)])
+        reward_pb2.ScoreRequest(
+            texts=[f"request {i} item {j} " * (1 + (i * 7 + j) % 9) for j in range(1 + i % 4)]
+        )
         for i in range(300)
-    ]  # fmt: skip
+    ]
     expected = [list(stub.Score(request).rewards) for request in requests[:20]]
 
     responses = list(stub.ScoreStream(iter(requests)))
@@ -195,29 +196,35 @@ def test_a_failing_request_ends_the_stream_after_the_answers_before_it(stub):
 
 
 def test_grpc_requests_are_counted_in_the_request_metrics(server, stub):
-    ok_before = metric(server, "reward_requests_total", transport="grpc", route=SCORE_ROUTE,
-                       status="OK")  # fmt: skip
-    bad_before = metric(server, "reward_requests_total", transport="grpc", route=SCORE_ROUTE,
-                        status="INVALID_ARGUMENT")  # fmt: skip
+    score_route = {"transport": "grpc", "route": SCORE_ROUTE}
+    ok_before = metric(server, "reward_requests_total", status="OK", **score_route)
+    bad_before = metric(server, "reward_requests_total", status="INVALID_ARGUMENT", **score_route)
 
     stub.Score(reward_pb2.ScoreRequest(texts=["counted"]))
     status_of(stub.Score, reward_pb2.ScoreRequest())
 
-    assert metric(server, "reward_requests_total", transport="grpc", route=SCORE_ROUTE,
-                  status="OK") == ok_before + 1  # fmt: skip
-    assert metric(server, "reward_requests_total", transport="grpc", route=SCORE_ROUTE,
-                  status="INVALID_ARGUMENT") == bad_before + 1  # fmt: skip
-    assert metric(server, "reward_request_latency_seconds_count", transport="grpc",
-                  route=SCORE_ROUTE) >= ok_before + bad_before + 2  # fmt: skip
+    ok_after = metric(server, "reward_requests_total", status="OK", **score_route)
+    bad_after = metric(server, "reward_requests_total", status="INVALID_ARGUMENT", **score_route)
+    timed = metric(server, "reward_request_latency_seconds_count", **score_route)
+    assert ok_after == ok_before + 1
+    assert bad_after == bad_before + 1
+    assert timed >= ok_before + bad_before + 2
 
 
 def test_a_busy_queue_gives_resource_exhausted_and_expired_deadlines_never_reach_the_model(
     server_factory, folders
 ):
     # One item per forward pass, so a 1000-item request keeps the model busy for a while.
-    busy = server_factory(["--model", f"s={folders['sentiment']}", "--max-batch-size", "1",
-                           "--max-queue-items", "1024", "--max-items-per-request", "1000",
-                           "--grpc-max-message-bytes", "1000000"])  # fmt: skip
+    busy = server_factory(
+        [
+            "--model",
+            f"s={folders['sentiment']}",
+            "--max-batch-size=1",
+            "--max-queue-items=1024",
+            "--max-items-per-request=1000",
+            "--grpc-max-message-bytes=1000000",
+        ]
+    )
     backlog = [f"backlog item {i} " * 25 for i in range(1000)]
     scored_before = metric(busy, "reward_items_scored_total", model="s")
     with grpc.insecure_channel(busy.grpc_target) as channel:
@@ -243,8 +250,9 @@ def test_a_busy_queue_gives_resource_exhausted_and_expired_deadlines_never_reach
 
 def test_grpc_and_rest_items_that_arrive_together_share_a_batch(server_factory, folders):
     # A batch waits up to 5 s for a second item: the two requests fill it from both transports.
-    paired = server_factory(["--model", f"s={folders['sentiment']}", "--max-batch-size", "2",
-                             "--max-wait-ms", "5000"])  # fmt: skip
+    paired = server_factory(
+        ["--model", f"s={folders['sentiment']}", "--max-batch-size", "2", "--max-wait-ms", "5000"]
+    )
     batches_before = metric(paired, "reward_batch_size_count", model="s")
     with grpc.insecure_channel(paired.grpc_target) as channel, ThreadPoolExecutor(2) as pool:
         stub = reward_pb2_grpc.RewardServiceStub(channel)
@@ -271,8 +279,9 @@ def test_health_is_not_serving_until_warm_then_serving_per_model_and_overall(
         health = health_pb2_grpc.HealthStub(channel)
         stub = reward_pb2_grpc.RewardServiceStub(channel)
         # The gRPC port opens before the first model loads; the first answer must be "not yet".
-        first = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=60,
-                             wait_for_ready=True)  # fmt: skip
+        first = health.Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=60, wait_for_ready=True
+        )
         assert first.status == NOT_SERVING
         assert health.Check(health_pb2.HealthCheckRequest(service=names[-1])).status == NOT_SERVING
         code, _ = status_of(stub.Score, reward_pb2.ScoreRequest(model=names[-1], texts=["a"]))
@@ -314,7 +323,9 @@ def test_grpc_port_zero_serves_rest_only(server_factory, folders):
 
 
 def test_a_grpc_port_in_use_stops_the_server_with_a_clear_error(server, server_factory, folders):
-    clash = server_factory(["--model", f"s={folders['sentiment']}",
-                            "--grpc-port", str(server.grpc_port)], wait_ready=False)  # fmt: skip
+    clash = server_factory(
+        ["--model", f"s={folders['sentiment']}", "--grpc-port", str(server.grpc_port)],
+        wait_ready=False,
+    )
     assert clash.process.wait(timeout=60) == 2
     assert f"cannot listen for gRPC on 127.0.0.1:{server.grpc_port}" in clash.log()

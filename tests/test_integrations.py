@@ -62,8 +62,9 @@ def test_openrlhf_get_reward_scores_prompt_prefixed_queries_as_pairs_like_v1_sco
 def test_openrlhf_queries_without_their_prompt_or_without_prompts_are_scored_whole(server):
     query = [PROMPTS[0] + RESPONSES[0], "no prompt in front", PROMPTS[2] + RESPONSES[2]]
     mixed = httpx.post(f"{server.url}/get_reward", json={"query": query, "prompts": PROMPTS})
-    expected_pairs = v1_score(server, prompts=[PROMPTS[0], PROMPTS[2]],
-                              completions=[RESPONSES[0], RESPONSES[2]])  # fmt: skip
+    expected_pairs = v1_score(
+        server, prompts=[PROMPTS[0], PROMPTS[2]], completions=[RESPONSES[0], RESPONSES[2]]
+    )
     expected_whole = v1_score(server, texts=["no prompt in front"])
     close(mixed.json()["rewards"], [expected_pairs[0], expected_whole[0], expected_pairs[1]])
     query_only = httpx.post(f"{server.url}/get_reward", json={"query": query}).json()
@@ -105,17 +106,27 @@ def tiny_policy():
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))  # fmt: skip
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<pad>", "<eos>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>")
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-    )  # fmt: skip
+    )
     return LlamaForCausalLM(config), tokenizer
 
 
@@ -129,21 +140,36 @@ def test_grpo_trainer_runs_with_the_reward_function_and_the_server_sees_its_requ
     reward = RewardFunction(server.url, name="remote_rm")
     before = requests_seen(server, "/v1/score")
     args = GRPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
-        max_completion_length=6, max_steps=2, logging_steps=1, learning_rate=1e-3,
-        report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
     trainer = GRPOTrainer(
-        model=policy, reward_funcs=[reward], args=args, processing_class=tokenizer,
+        model=policy,
+        reward_funcs=[reward],
+        args=args,
+        processing_class=tokenizer,
         train_dataset=Dataset.from_dict({"prompt": PROMPTS + ["The film was "]}),
-    )  # fmt: skip
+    )
     try:
         trainer.train()
     finally:
         reward.close()
     assert requests_seen(server, "/v1/score") >= before + 2  # one scoring call per step, at least
-    logged = [entry["rewards/remote_rm/mean"] for entry in trainer.state.log_history
-              if "rewards/remote_rm/mean" in entry]  # fmt: skip
+    logged = [
+        entry["rewards/remote_rm/mean"]
+        for entry in trainer.state.log_history
+        if "rewards/remote_rm/mean" in entry
+    ]
     assert len(logged) == 2 and all(np.isfinite(logged))
 
 

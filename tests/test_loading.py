@@ -11,15 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reward_service.config import ModelSpec
 from reward_service.errors import ModelLoadError
-from reward_service.loading import load_model, resolve_model_folder
+from reward_service.model.loading import load_model, resolve_model_folder
+from reward_service.model.spec import ModelSpec
 
 
 @pytest.fixture
 def classifier(tiny_model_factory):
-    return tiny_model_factory("loading-sentiment", labels=["NEGATIVE", "POSITIVE"],
-                              reward_config={"preset": "sentiment"})  # fmt: skip
+    return tiny_model_factory(
+        "loading-sentiment", labels=["NEGATIVE", "POSITIVE"], reward_config={"preset": "sentiment"}
+    )
 
 
 def copy_of(folder, tmp_path, name="copy"):
@@ -44,9 +45,12 @@ def test_a_missing_folder_is_a_one_line_error():
 
 @pytest.mark.parametrize(
     ("remove", "message"),
-    [("config.json", "no config.json"), ("tokenizer.json", "no tokenizer"),
-     ("model.safetensors", "no weights")],
-)  # fmt: skip
+    [
+        ("config.json", "no config.json"),
+        ("tokenizer.json", "no tokenizer"),
+        ("model.safetensors", "no weights"),
+    ],
+)
 def test_an_incomplete_folder_names_what_is_missing(classifier, tmp_path, remove, message):
     folder = copy_of(classifier, tmp_path)
     (folder / remove).unlink()
@@ -68,7 +72,7 @@ def test_pickle_only_weights_are_refused_unless_explicitly_allowed(classifier, t
 
 
 def test_a_base_encoder_without_a_trained_head_is_refused(tmp_path):
-    from reward_service.default_model import minilm_folder
+    from reward_service.training.base_encoder import minilm_folder
 
     with pytest.raises(ModelLoadError, match="not a trained sequence classifier"):
         load_model(ModelSpec(name="m", source=str(minilm_folder())))
@@ -86,13 +90,17 @@ def test_a_known_hub_id_layout_gets_its_preset_without_a_reward_config(
     tiny_model_factory, tmp_path
 ):
     labels = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
-    source = tiny_model_factory("toxic-lookalike", labels=labels,
-                                problem_type="multi_label_classification")  # fmt: skip
+    source = tiny_model_factory(
+        "toxic-lookalike", labels=labels, problem_type="multi_label_classification"
+    )
     folder = copy_of(source, tmp_path / "unitary", "toxic-bert")
     model = load_model(ModelSpec(name="m", source=str(folder)))
     assert model.mapping.preset == "toxicity"
     assert (model.resolved.indices, model.resolved.activation, model.resolved.scale) == (
-        (0,), "sigmoid", -1.0)  # fmt: skip
+        (0,),
+        "sigmoid",
+        -1.0,
+    )
 
 
 def test_a_bad_reward_config_is_a_one_line_error(classifier, tmp_path):
@@ -103,8 +111,12 @@ def test_a_bad_reward_config_is_a_one_line_error(classifier, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "reward_service.cli", *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "reward_service.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_score_command_prints_rewards_as_json(classifier):
@@ -116,8 +128,16 @@ def test_score_command_prints_rewards_as_json(classifier):
 
 
 def test_score_command_overrides_the_mapping_from_flags(classifier):
-    result = run_cli("score", "--model", str(classifier), "great movie", "--raw",
-                     "--output", "NEGATIVE", "--scale", "-2", "--shift", "1")  # fmt: skip
+    result = run_cli(
+        "score",
+        "--model",
+        str(classifier),
+        "great movie",
+        "--raw",
+        "--output=NEGATIVE",
+        "--scale=-2",
+        "--shift=1",
+    )
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert body["rewards"][0] == pytest.approx(-2 * body["raw"][0][0] + 1, abs=1e-6)

@@ -1,4 +1,4 @@
-"""Specification of how classifier logits become rewards (reward_service.mapping)."""
+"""Specification of how classifier logits become rewards (reward_service.model.mapping)."""
 
 import json
 import math
@@ -7,19 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reward_service.mapping import (
+from reward_service.errors import MappingError
+from reward_service.model.inputs import fill_template, format_inputs
+from reward_service.model.mapping import (
     KNOWN_MODEL_PRESETS,
     PRESETS,
     REWARD_CONFIG_FILENAME,
-    MappingError,
     Normalization,
     OutputSelector,
     ResolvedMapping,
     RewardMapping,
     build_mapping,
     detect_preset,
-    fill_template,
-    format_inputs,
     load_reward_config,
     mapping_summary,
     resolve,
@@ -205,7 +204,7 @@ def test_the_same_label_may_be_selected_twice_and_counts_twice():
 # --- scale, shift, normalization ---------------------------------------------------------------
 
 
-def test_scale_then_shift_then_normalization_in_that_order():
+def test_the_reward_is_scaled_then_shifted_then_normalized():
     mapping = RewardMapping(
         outputs=[OutputSelector(label=0)],
         scale=2.0,

@@ -13,12 +13,12 @@ import onnx
 import pytest
 
 from reward_service.cli import main
-from reward_service.config import ModelSpec
-from reward_service.engine import Engine
-from reward_service.errors import ModelLoadError
-from reward_service.export import ExportError, export_model
-from reward_service.loading import LoadedModel, load_model
-from reward_service.schemas import ScoreRequest
+from reward_service.engine.engine import Engine
+from reward_service.engine.schemas import ScoreRequest
+from reward_service.errors import ExportError, ModelLoadError
+from reward_service.export.onnx import export_model
+from reward_service.model.loading import LoadedModel, load_model
+from reward_service.model.spec import ModelSpec
 
 # Mixed lengths: one word, sentences, and one past the tiny model's 128 positions (truncated).
 TEXTS = [

@@ -74,7 +74,7 @@ def test_masked_whiten_without_shift_keeps_the_mean():
 # --- log-probs, entropy, KL --------------------------------------------------------------------
 
 
-def test_logprobs_and_entropy_from_logits():
+def test_logprobs_and_entropy_are_those_of_the_softmax_of_the_logits():
     # softmax(0, log 3) = (1/4, 3/4)
     logits = torch.tensor([[0.0, math.log(3.0)]])
     close(logprobs_from_logits(logits, torch.tensor([1])), [math.log(0.75)])
@@ -114,7 +114,7 @@ def test_the_score_lands_on_the_last_real_token_and_the_kl_penalty_on_every_toke
     close(rewards, [[-0.05, -0.1, 0.85], [-0.25, 1.75, 0.0]])
 
 
-def test_gae_with_gamma_1_and_lambda_half_over_three_tokens():
+def test_gae_with_gamma_1_and_lambda_half_sums_discounted_td_errors():
     rewards = torch.tensor([[0.0, 0.0, 1.0]])
     values = torch.tensor([[0.1, 0.2, 0.4]])
     mask = torch.ones(1, 3)
@@ -149,7 +149,7 @@ def test_gae_discounts_with_gamma():
 # --- losses ------------------------------------------------------------------------------------
 
 
-def test_clipped_policy_loss_inside_and_outside_the_clip_range():
+def test_clipped_policy_loss_takes_the_pessimistic_of_the_clipped_and_unclipped_objective():
     old_logprobs = torch.log(torch.full((1, 5), 0.5))
     # ratios 1.1 (inside 0.8..1.2), 1.5 (above), 0.5 (below), 0.5 (below), and a padded token
     ratios = torch.tensor([[1.1, 1.5, 0.5, 0.5, 3.0]])

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO_ROOT, start_server
+from helpers import REPO_ROOT, start_server
 
 from policy_trainer.run_log import read_metrics
 

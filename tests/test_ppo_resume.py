@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, start_server
+from helpers import REPO_ROOT, start_server
 
 from policy_trainer.checkpoint import checkpoint_path, load_state
 from policy_trainer.run_log import read_metrics

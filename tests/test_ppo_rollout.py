@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_word_level_lm
+from helpers import build_word_level_lm
 
 from policy_trainer.config import ConfigError, PPOConfig, build_config
+from policy_trainer.forward import position_ids_from_attention_mask, response_logprobs
 from policy_trainer.models import load_policy
 from policy_trainer.prompts import (
     PromptFileError,
@@ -26,8 +27,6 @@ from policy_trainer.rollout import (
     decode_completions,
     generate_responses,
     left_pad,
-    position_ids_from_attention_mask,
-    response_logprobs,
     truncate_after_eos,
 )
 from policy_trainer.value_model import build_policy_and_value

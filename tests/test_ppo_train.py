@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PPO_TARGET_WORD, PPO_TASK_SETTINGS, REPO_ROOT, free_port
+from helpers import PPO_TARGET_WORD, PPO_TASK_SETTINGS, REPO_ROOT, free_port
 
 from policy_trainer.checkpoint import latest_checkpoint, load_rng_state, load_state
-from policy_trainer.config import PPOConfig
-from policy_trainer.lora import LoraOptions
+from policy_trainer.config import LoraOptions, PPOConfig
+from policy_trainer.forward import response_logprobs
 from policy_trainer.models import load_policy
 from policy_trainer.prompts import encode_prompts, read_prompts
-from policy_trainer.rollout import RemoteReward, generate_responses, response_logprobs
+from policy_trainer.rollout import RemoteReward, generate_responses
 from policy_trainer.run_log import read_jsonl, read_metrics
 from policy_trainer.trainer import PPOTrainer
 from reward_service.client import RewardClient
@@ -230,7 +230,8 @@ def test_lora_ppo_holds_one_copy_of_the_base_weights_and_its_reference_stays_the
     trained_logprobs, _ = response_logprobs(resumed.policy, generation, temperature=1.0)
     assert not torch.allclose(trained_logprobs, base_logprobs, atol=1e-3)
     # The reference is still exactly the base model: its adapters are switched off for it.
-    torch.testing.assert_close(resumed.reference_logprobs(generation), base_logprobs)
+    reference_logprobs = resumed.experience_maker.reference_logprobs(generation)
+    torch.testing.assert_close(reference_logprobs, base_logprobs)
     # The saved policy is a plain model with the adapters merged into its weights.
     saved, _ = load_policy(folder)
     assert not any("lora" in name for name, _ in saved.named_parameters())

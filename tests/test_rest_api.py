@@ -42,11 +42,18 @@ def in_process_logits(folder, texts=None, pairs=None, max_length=128) -> np.ndar
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     if pairs is not None:
         first, second = zip(*pairs, strict=True)
-        batch = tokenizer(list(first), list(second), padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")  # fmt: skip
+        batch = tokenizer(
+            list(first),
+            list(second),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
     else:
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")  # fmt: skip
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
     with torch.no_grad():
         return model(**batch).logits.double().numpy()
 
@@ -90,7 +97,7 @@ CASES = {
             "activation": "softmax",
             "scale": 2.0,
             "shift": -0.25,
-        },  # fmt: skip
+        },
         lambda z: 2.0 * (softmax(z)[:, 2] - 0.5 * softmax(z)[:, 0]) - 0.25,
         "concat",
     ),
@@ -100,7 +107,7 @@ CASES = {
             "outputs": ["POSITIVE"],
             "activation": "log_softmax",
             "normalization": {"mean": -0.7, "std": 0.3},
-        },  # fmt: skip
+        },
         lambda z: (np.log(softmax(z)[:, 1]) + 0.7) / 0.3,
         "concat",
     ),
@@ -119,8 +126,10 @@ def join(prompts, completions, how):
     if how == "completion":
         return list(completions)
     template = how.removeprefix("template:")
-    return [template.replace("{prompt}", p).replace("{completion}", c)
-            for p, c in zip(prompts, completions, strict=True)]  # fmt: skip
+    return [
+        template.replace("{prompt}", p).replace("{completion}", c)
+        for p, c in zip(prompts, completions, strict=True)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +200,7 @@ def test_models_endpoint_describes_each_model(server):
     assert toxicity["mapping"]["scale"] == -1
 
 
-def test_health_and_openapi_docs(server):
+def test_health_probes_report_live_and_ready_and_the_openapi_docs_include_v1_score(server):
     assert httpx.get(f"{server.url}/health/live").json() == {"status": "live"}
     ready = httpx.get(f"{server.url}/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
@@ -222,8 +231,9 @@ def test_order_is_kept_under_64_concurrent_clients_with_mixed_lengths(server, ca
     for results in asyncio.run(run_all()):
         for texts, response in results:
             assert response.status_code == 200, response.text
-            np.testing.assert_allclose(response.json()["rewards"],
-                                       [expected[t] for t in texts], atol=1e-5)  # fmt: skip
+            np.testing.assert_allclose(
+                response.json()["rewards"], [expected[t] for t in texts], atol=1e-5
+            )
 
 
 def metric_total(metrics_text: str, name: str, model: str) -> float:
@@ -257,24 +267,30 @@ ERROR_CASES = [
     ("a text not a string", {"texts": ["ok", 3]}, 422, "invalid_request"),
     ("empty texts", {"texts": []}, 422, "invalid_request"),
     ("no input at all", {}, 422, "invalid_request"),
-    ("both kinds of input", {"texts": ["a"], "prompts": ["p"], "completions": ["c"]}, 422,
-     "invalid_request"),
+    (
+        "both kinds of input",
+        {"texts": ["a"], "prompts": ["p"], "completions": ["c"]},
+        422,
+        "invalid_request",
+    ),
     ("prompts without completions", {"prompts": ["p"]}, 422, "invalid_request"),
     ("lengths differ", {"prompts": ["p", "q"], "completions": ["c"]}, 422, "invalid_request"),
     ("unknown field", {"texts": ["a"], "txets": ["b"]}, 422, "invalid_request"),
     ("too many items", {"texts": ["x"] * 65}, 413, "too_many_items"),
     ("unknown model", {"model": "no-such-model", "texts": ["a"]}, 404, "model_not_found"),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("case", "body", "status", "kind"), ERROR_CASES,
-                         ids=[case[0] for case in ERROR_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("case", "body", "status", "kind"), ERROR_CASES, ids=[case[0] for case in ERROR_CASES]
+)
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
     server, case, body, status, kind
 ):
     if isinstance(body, bytes):
-        response = httpx.post(f"{server.url}/v1/score", content=body,
-                              headers={"content-type": "application/json"})  # fmt: skip
+        response = httpx.post(
+            f"{server.url}/v1/score", content=body, headers={"content-type": "application/json"}
+        )
     else:
         response = score(server, **body)
 
@@ -297,9 +313,15 @@ def test_a_full_queue_answers_429_with_retry_after_and_loses_nothing_admitted(
     server_factory, case_folders
 ):
     folder = case_folders["sentiment"]
-    tiny_queue = server_factory(["--model", f"s={folder}", "--max-queue-items", "4",
-                                 "--max-items-per-request", "4",
-                                 "--max-batch-size", "1"])  # fmt: skip
+    tiny_queue = server_factory(
+        [
+            "--model",
+            f"s={folder}",
+            "--max-queue-items=4",
+            "--max-items-per-request=4",
+            "--max-batch-size=1",
+        ]
+    )
     texts = [f"review {i} " * 30 for i in range(4)]
     expected = in_process_logits(folder, texts=texts)[:, 1]
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from policy_trainer.config import SFTOptions
 from policy_trainer.models import load_policy
 from policy_trainer.sft import (
     IGNORE_INDEX,
     Conversation,
     PromptResponse,
     SFTDataError,
-    SFTOptions,
     make_collator,
     mean_response_loss,
     read_demonstrations,

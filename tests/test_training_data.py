@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from reward_service.errors import DataError
 from reward_service.training.data import (
-    DataError,
     Labelled,
     Pair,
     Ranking,

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reward_service.cli import build_parser
 from reward_service.training.cli import run as run_training_command
+from reward_service.training.config import TrainConfig
 from reward_service.training.data import Ranking, Scored, write_records
 from reward_service.training.evaluate import evaluate_file, held_out_set, pairwise_accuracy
-from reward_service.training.train import TrainConfig, train
+from reward_service.training.train import train
 
 GOOD = ["great", "wonderful", "excellent", "superb", "delightful", "brilliant"]
 BAD = ["awful", "terrible", "boring", "dreadful", "dull", "horrible"]
@@ -30,8 +32,10 @@ def snippet(rng: random.Random, score: int) -> str:
 
 def scored_items(count: int, seed: int) -> list[Scored]:
     rng = random.Random(seed)
-    return [Scored("", snippet(rng, score), float(score))
-            for score in (rng.randint(-2, 2) for _ in range(count))]  # fmt: skip
+    return [
+        Scored("", snippet(rng, score), float(score))
+        for score in (rng.randint(-2, 2) for _ in range(count))
+    ]
 
 
 def rankings(count: int, seed: int) -> list[Ranking]:
@@ -50,14 +54,18 @@ def tiny_base(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from reward_service.default_model import minilm_folder
+    from reward_service.training.base_encoder import minilm_folder
 
     out = tmp_path_factory.mktemp("tiny-base")
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(out)
     return out
@@ -78,8 +86,17 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_config(objective: str, base: Path, **overrides) -> TrainConfig:
-    settings = dict(objective=objective, base=base, epochs=4, learning_rate=2e-3, batch_size=16,
-                    max_length=32, warmup_ratio=0.0, patience=2, seed=0)  # fmt: skip
+    settings = dict(
+        objective=objective,
+        base=base,
+        epochs=4,
+        learning_rate=2e-3,
+        batch_size=16,
+        max_length=32,
+        warmup_ratio=0.0,
+        patience=2,
+        seed=0,
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -87,12 +104,16 @@ def tiny_config(objective: str, base: Path, **overrides) -> TrainConfig:
 def test_a_tiny_model_learns_rankings_above_chance_and_its_folder_serves(
     objective, tiny_base, data, tmp_path
 ):
-    from reward_service.config import ModelSpec
-    from reward_service.loading import load_model
+    from reward_service.model.loading import load_model
+    from reward_service.model.spec import ModelSpec
 
     out = tmp_path / objective
-    result = train(data["train.rankings"], out, tiny_config(objective, tiny_base),
-                   eval_file=data["validation.rankings"])  # fmt: skip
+    result = train(
+        data["train.rankings"],
+        out,
+        tiny_config(objective, tiny_base),
+        eval_file=data["validation.rankings"],
+    )
 
     assert result.best.pairwise_accuracy > 0.75  # chance is 0.5
     assert result.epochs[0].epoch == 1 and result.best_epoch in [e.epoch for e in result.epochs]
@@ -113,8 +134,12 @@ def test_served_rewards_have_mean_0_and_std_1_on_the_held_out_inputs(tiny_base, 
     from reward_service.training.evaluate import score_folder
 
     out = tmp_path / "model"
-    train(data["train.rankings"], out, tiny_config("pairwise", tiny_base, epochs=1),
-          eval_file=data["validation.rankings"])  # fmt: skip
+    train(
+        data["train.rankings"],
+        out,
+        tiny_config("pairwise", tiny_base, epochs=1),
+        eval_file=data["validation.rankings"],
+    )
     held_out = held_out_set(read_records(data["validation.rankings"]).records)
     rewards = score_folder(out, held_out.inputs)
     assert abs(rewards.mean()) < 1e-4 and abs(rewards.std() - 1) < 1e-4
@@ -156,18 +181,21 @@ def test_pairwise_accuracy_counts_ties_half():
 def test_the_evaluate_command_prints_the_table_with_the_lexicon_and_human_rows(
     tiny_base, data, tmp_path, capsys
 ):
-    import argparse
-
     rated = tmp_path / "rated.jsonl"
-    lines = [{"text": "a great film", "score": 2.0, "ratings": [2, 2, 1]},
-             {"text": "an awful film", "score": -2.0, "ratings": [-2, -1, -2]},
-             {"text": "the film", "score": 0.0, "ratings": [0, 1, 0]}]  # fmt: skip
+    lines = [
+        {"text": "a great film", "score": 2.0, "ratings": [2, 2, 1]},
+        {"text": "an awful film", "score": -2.0, "ratings": [-2, -1, -2]},
+        {"text": "the film", "score": 0.0, "ratings": [0, 1, 0]},
+    ]
     rated.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "model"
-    train(data["train.rankings"], out, tiny_config("pairwise", tiny_base, epochs=1),
-          eval_file=data["validation.rankings"])  # fmt: skip
-    args = argparse.Namespace(command="evaluate", models=[f"tiny={out}"], data=rated,
-                              min_score_gap=1.0, no_baselines=False, device="cpu")  # fmt: skip
+    train(
+        data["train.rankings"],
+        out,
+        tiny_config("pairwise", tiny_base, epochs=1),
+        eval_file=data["validation.rankings"],
+    )
+    args = build_parser().parse_args(["evaluate", "--model", f"tiny={out}", "--data", str(rated)])
     assert run_training_command(args) == 0
     table = capsys.readouterr().out
     assert "| tiny " in table and "VADER lexicon" in table and "one human vs mean" in table

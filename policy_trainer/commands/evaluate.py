@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from policy_trainer.config import EvaluationSettings, settings_from_args
+from reward_service.flags import add_settings_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from policy_trainer.evaluation import EvaluationSettings
-
-    defaults = EvaluationSettings()
     parser.add_argument(
         "--policy", required=True, help="a local causal-LM folder, or 'default' (SmolLM2-135M)"
     )
@@ -34,29 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a policy to measure KL(policy || reference) against, e.g. the one PPO started from",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=defaults.temperature,
-        help="sampling temperature, as in PPO (default %(default)s)",
-    )
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=defaults.samples_per_prompt,
-        help="responses sampled per prompt (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-prompts", type=int, default=None, help="use only the file's first N prompts"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help="prompts per generation batch (default %(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--reward-model", default=None, help="served model name; default: first")
     parser.add_argument(
         "--reward-inputs",
@@ -78,32 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the figures and every sample are written (default %(default)s)",
     )
     parser.add_argument("--show", type=int, default=3, help="samples printed (default %(default)s)")
+    add_settings_arguments(parser, EvaluationSettings)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from policy_trainer.evaluation import EvaluationSettings, evaluate_policy
+    from policy_trainer.evaluation import evaluate_policy
     from policy_trainer.models import PolicyLoadError
     from policy_trainer.prompts import PromptFileError
     from policy_trainer.rollout import RemoteReward
     from reward_service.client import RewardClientError
 
-    if args.temperature <= 0 or args.samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
-        print(
-            "policy-trainer evaluate: --temperature must be > 0 and --samples, --batch-size and "
-            "--max-new-tokens at least 1",
-            file=sys.stderr,
-        )
-        return 2
-    settings = EvaluationSettings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        samples_per_prompt=args.samples,
-        batch_size=args.batch_size,
-        max_prompts=args.max_prompts,
-        seed=args.seed,
-    )
+    settings = settings_from_args(args, EvaluationSettings)
     reward = RemoteReward(
         args.reward_url,
         model=args.reward_model,

@@ -18,13 +18,13 @@ import os
 import sys
 from pathlib import Path
 
+from policy_trainer.config import ConfigError, PPOConfig, build_config, settings_overrides
+from reward_service.flags import add_settings_arguments
+
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: a temporary failure; try again later (with --resume)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from policy_trainer.config import add_config_arguments
-    from policy_trainer.lora import add_lora_arguments
-
     parser.description = __doc__.split("\n\n")[0]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
@@ -53,12 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("REWARD_SERVICE_API_KEY"),
         help="the reward service's API key (default: $REWARD_SERVICE_API_KEY)",
     )
-    add_config_arguments(parser)
-    add_lora_arguments(parser)
+    add_settings_arguments(
+        parser, PPOConfig, "PPO settings (override --config; defaults in brackets)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from policy_trainer.config import ConfigError, PPOConfig, build_config, config_overrides
     from policy_trainer.models import PolicyLoadError
     from policy_trainer.prompts import PromptFileError, read_prompts
     from policy_trainer.rollout import RemoteReward
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     _configure_logging()
     try:
         if args.resume is not None:
-            overrides = config_overrides(args)
+            overrides = settings_overrides(args, PPOConfig)
             given = [
                 name
                 for name in ("policy", "prompts", "output_dir", "config")
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             ]
             if missing:
                 raise ConfigError(f"missing {', '.join(missing)} (or give --resume RUN_DIR)")
-            config = build_config(args.config, config_overrides(args))
+            config = build_config(args.config, settings_overrides(args, PPOConfig))
             run_dir, policy, prompts_path = args.output_dir, args.policy, args.prompts
             reward_urls = args.reward_urls
         prompts = read_prompts(prompts_path)

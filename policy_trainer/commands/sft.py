@@ -10,13 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from policy_trainer.lora import add_lora_arguments, lora_options_from_args
+from policy_trainer.config import SFTOptions, settings_from_args
+from reward_service.flags import add_settings_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from policy_trainer.sft import SFTOptions
-
-    defaults = SFTOptions()
     parser.add_argument(
         "--model",
         default="default",
@@ -30,39 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='JSONL demonstrations: {"prompt": ..., "response": ...} or {"messages": [...]}',
     )
     parser.add_argument("--output-dir", type=Path, required=True, help="where the model is saved")
-    parser.add_argument("--epochs", type=float, default=defaults.epochs)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=defaults.max_length,
-        help="tokens per example, prompt included; longer examples are cut at the end",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    add_lora_arguments(parser)
+    add_settings_arguments(parser, SFTOptions)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from policy_trainer.models import PolicyLoadError
-    from policy_trainer.sft import SFTDataError, SFTOptions, train_sft
-    from reward_service.schemas import describe_validation_errors
+    from policy_trainer.sft import SFTDataError, train_sft
 
-    try:
-        options = SFTOptions(
-            epochs=args.epochs,
-            learning_rate=args.lr,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            seed=args.seed,
-            lora=lora_options_from_args(args),
-        )
-    except ValidationError as error:
-        problems = describe_validation_errors(error.errors())
-        print(f"policy-trainer sft: invalid options: {problems}", file=sys.stderr)
-        return 2
+    options = settings_from_args(args, SFTOptions)
     try:
         result = train_sft(args.model, args.data, args.output_dir, options)
     except (SFTDataError, PolicyLoadError) as error:

@@ -10,7 +10,8 @@ splitting, retry policy, endpoint choice); transports are http_transport.py and 
 """
 
 from reward_service.client.async_client import AsyncRewardClient
-from reward_service.client.base import ClientConfig, backoff_delay_s
+from reward_service.client.base import backoff_delay_s
+from reward_service.client.contract import ClientConfig
 from reward_service.client.errors import (
     BadRequest,
     DeadlineExceeded,

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from reward_service.client.base import (
     BaseRewardClient,
     Call,
-    Chunk,
-    ItemLimitExceeded,
-    Retryable,
     assemble,
     make_transports,
     transport_kind,
 )
+from reward_service.client.contract import Chunk, ItemLimitExceeded, Retryable
 from reward_service.client.errors import DeadlineExceeded
 
 
@@ -66,20 +65,28 @@ class AsyncRewardClient(BaseRewardClient):
         async with self._slots:
             return await self._score_chunk(call, chunk, model)
 
+    async def list_models(self) -> list[dict[str, Any]]:
+        """Each served model's entry of GET /v1/models, as RewardClient.list_models."""
+        return await self._with_retries(Call.start(self.config, self.pool), "list_models")
+
     async def _score_chunk(self, call: Call, chunk: Chunk, model: str | None) -> list[float]:
+        try:
+            return await self._with_retries(call, "score", chunk, model)
+        except ItemLimitExceeded as refusal:
+            rewards = []
+            for part in self._shrink(chunk, refusal.url):
+                rewards += await self._score_chunk(call, part, model)
+            return rewards
+
+    async def _with_retries(self, call: Call, method: str, *args: Any) -> Any:
+        """As RewardClient._with_retries, waiting with asyncio.sleep."""
         retry = 0
         while True:
             timeout_s = call.attempt_timeout_s()
             endpoint = self.pool.acquire()
             transport = self._transports[transport_kind(endpoint.url)]
             try:
-                rewards = await transport.score(endpoint.url, chunk, model, timeout_s)
-            except ItemLimitExceeded:
-                self.pool.release(endpoint, healthy=True)
-                rewards = []
-                for part in self._shrink(chunk, endpoint):
-                    rewards += await self._score_chunk(call, part, model)
-                return rewards
+                result = await getattr(transport, method)(endpoint.url, *args, timeout_s)
             except Retryable as error:
                 self.pool.release(endpoint, healthy=False)
                 retry += 1
@@ -89,7 +96,7 @@ class AsyncRewardClient(BaseRewardClient):
                 self.pool.release(endpoint, healthy=True)
                 raise
             self.pool.release(endpoint, healthy=True)
-            return rewards
+            return result
 
     async def aclose(self) -> None:
         for transport in self._transports.values():

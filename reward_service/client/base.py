@@ -9,43 +9,16 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
+from reward_service.client.contract import Chunk, ClientConfig, Retryable, check_items
 from reward_service.client.errors import BadRequest, DeadlineExceeded, Unavailable
+from reward_service.client.transports.grpc import AsyncGrpcTransport, GrpcTransport
+from reward_service.client.transports.http import AsyncHttpTransport, HttpTransport
 
 logger = logging.getLogger("reward_service.client")
 
 SCHEMES = ("http://", "https://", "grpc://")
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """Every knob, with its default. Pass any of them to the client as a keyword argument."""
-
-    timeout_s: float = 30.0  # one request (one attempt), at most
-    deadline_s: float | None = None  # one score() call, retries and all; None: no overall limit
-    max_retries: int = 8  # per request, after its first attempt
-    backoff_base_s: float = 0.1  # first retry waits about this long; doubling each retry
-    backoff_max_s: float = 5.0  # the longest wait between retries (Retry-After may ask longer)
-    # Items per request. The server's default limit is 1024; a smaller server limit is learned
-    # from its 413 answer (HTTP) and the client splits smaller from then on.
-    max_items_per_request: int = 256
-    max_concurrency: int = 4  # requests of one call in flight at once
-    endpoint_cooldown_s: float = 1.0  # a failing endpoint is avoided this long (doubling, x8 max)
-    api_key: str | None = None  # sent as `Authorization: Bearer KEY` (HTTP header, gRPC metadata)
-    model: str | None = None  # the server's first model if None
-
-    def __post_init__(self) -> None:
-        for name in ("timeout_s", "backoff_base_s", "backoff_max_s", "endpoint_cooldown_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.deadline_s is not None and self.deadline_s <= 0:
-            raise ValueError("deadline_s must be positive (or None for no deadline)")
-        for name in ("max_items_per_request", "max_concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.max_retries < 0:
-            raise ValueError("max_retries must be at least 0")
 
 
 def backoff_delay_s(
@@ -58,62 +31,21 @@ def backoff_delay_s(
     return step_s / 2 + rng() * step_s / 2
 
 
-class Retryable(Exception):  # noqa: N818 (internal signal between transport and retry loop)
-    """A transport's verdict: this attempt failed in a way another attempt may not."""
-
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after_s = retry_after_s
-
-
-class ItemLimitExceeded(Exception):  # noqa: N818
-    """A transport's verdict: the server takes fewer items per request than were sent (413)."""
-
-
 class CallAborted(Exception):  # noqa: N818
     """Another request of the same call failed for good; this one stops too."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One request's worth of a call: items [start, start + size) of the caller's lists."""
-
-    start: int
-    texts: list[str] | None = None
-    prompts: list[str] | None = None
-    completions: list[str] | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.texts if self.texts is not None else self.completions or [])
-
-    def split(self, size: int) -> list[Chunk]:
-        def part(items: list[str] | None, at: int) -> list[str] | None:
-            return None if items is None else items[at : at + size]
-
-        return [
-            replace(self, start=self.start + at, texts=part(self.texts, at),
-                    prompts=part(self.prompts, at), completions=part(self.completions, at))
-            for at in range(0, self.size, size)
-        ]  # fmt: skip
 
 
 def whole_call(
     texts: Sequence[str] | None, prompts: Sequence[str] | None, completions: Sequence[str] | None
 ) -> Chunk:
     """The caller's input checked and held as one chunk (split before sending)."""
-    has_pairs = prompts is not None or completions is not None
-    if (texts is None) == (not has_pairs):
-        raise BadRequest("pass either texts=, or prompts= and completions=")
-    if has_pairs:
-        if prompts is None or completions is None:
-            raise BadRequest("prompts= and completions= go together")
-        if len(prompts) != len(completions):
-            raise BadRequest(
-                f"{len(prompts)} prompts for {len(completions)} completions: they pair one to one"
-            )
-        return Chunk(0, prompts=list(prompts), completions=list(completions))
-    return Chunk(0, texts=list(texts or ()))
+    try:
+        check_items(texts, prompts, completions)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+    if texts is None:
+        return Chunk(0, prompts=list(prompts or ()), completions=list(completions or ()))
+    return Chunk(0, texts=list(texts))
 
 
 @dataclass
@@ -220,16 +152,12 @@ def transport_kind(url: str) -> str:
 
 
 def make_transports(urls: Sequence[str], config: ClientConfig, *, asynchronous: bool) -> dict:
-    """One transport per kind the endpoints use; gRPC's stubs are imported only when needed."""
+    """One transport per kind the endpoints use."""
     transports: dict = {}
     for kind in {transport_kind(url) for url in urls}:
         if kind == "grpc":
-            from reward_service.client.grpc_transport import AsyncGrpcTransport, GrpcTransport
-
             transports[kind] = (AsyncGrpcTransport if asynchronous else GrpcTransport)(config)
         else:
-            from reward_service.client.http_transport import AsyncHttpTransport, HttpTransport
-
             transports[kind] = (AsyncHttpTransport if asynchronous else HttpTransport)(config)
     return transports
 
@@ -270,16 +198,20 @@ class BaseRewardClient:
         whole = whole_call(texts, prompts, completions)
         return whole, whole.split(self._items_per_request) if whole.size else []
 
-    def _shrink(self, chunk: Chunk, endpoint: Endpoint) -> list[Chunk]:
+    def _shrink(self, chunk: Chunk, url: str) -> list[Chunk]:
         """The server refused `chunk` as too large: halve the limit until it fits (413 names no
         limit a client can rely on), remember it, and split the chunk again."""
         if chunk.size == 1:
-            raise BadRequest("the server refuses even one item per request", status=413,
-                             endpoint=endpoint.url)  # fmt: skip
+            raise BadRequest(
+                "the server refuses even one item per request", status=413, endpoint=url
+            )
         with self._limit_lock:
             self._items_per_request = min(self._items_per_request, chunk.size // 2)
-            logger.info("server %s takes fewer items per request; now sending at most %d",
-                        endpoint.url, self._items_per_request)  # fmt: skip
+            logger.info(
+                "server %s takes fewer items per request; now sending at most %d",
+                url,
+                self._items_per_request,
+            )
             return chunk.split(self._items_per_request)
 
     def _model(self, model: str | None) -> str | None:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from typing import Any
 
 from reward_service.client.base import (
     BaseRewardClient,
     Call,
     CallAborted,
-    Chunk,
-    ItemLimitExceeded,
-    Retryable,
     assemble,
     make_transports,
     transport_kind,
 )
+from reward_service.client.contract import Chunk, ItemLimitExceeded, Retryable
 
 
 class RewardClient(BaseRewardClient):
@@ -52,8 +51,9 @@ class RewardClient(BaseRewardClient):
         call = Call.start(self.config, self.pool)
         model = self._model(model)
         if len(chunks) <= 1:
-            return assemble(whole, [(chunk, self._score_chunk(call, chunk, model))
-                                    for chunk in chunks])  # fmt: skip
+            return assemble(
+                whole, [(chunk, self._score_chunk(call, chunk, model)) for chunk in chunks]
+            )
         futures: dict[Future, Chunk] = {
             self._workers().submit(self._score_chunk, call, chunk, model): chunk for chunk in chunks
         }
@@ -66,18 +66,28 @@ class RewardClient(BaseRewardClient):
             raise
         return assemble(whole, parts)
 
+    def list_models(self) -> list[dict[str, Any]]:
+        """Each served model's entry of GET /v1/models (name, labels, reward mapping, ...), from
+        the first endpoint that answers; retried as score() is."""
+        return self._with_retries(Call.start(self.config, self.pool), "list_models")
+
     def _score_chunk(self, call: Call, chunk: Chunk, model: str | None) -> list[float]:
+        try:
+            return self._with_retries(call, "score", chunk, model)
+        except ItemLimitExceeded as refusal:
+            parts = self._shrink(chunk, refusal.url)
+            return [reward for part in parts for reward in self._score_chunk(call, part, model)]
+
+    def _with_retries(self, call: Call, method: str, *args: Any) -> Any:
+        """`transport.<method>(url, *args, timeout_s)` on the endpoint the pool picks, retried
+        on Retryable verdicts (on another endpoint where one is up) within the call's limits."""
         retry = 0
         while True:
             timeout_s = call.attempt_timeout_s()
             endpoint = self.pool.acquire()
             transport = self._transports[transport_kind(endpoint.url)]
             try:
-                rewards = transport.score(endpoint.url, chunk, model, timeout_s)
-            except ItemLimitExceeded:
-                self.pool.release(endpoint, healthy=True)
-                parts = self._shrink(chunk, endpoint)
-                return [reward for part in parts for reward in self._score_chunk(call, part, model)]
+                result = getattr(transport, method)(endpoint.url, *args, timeout_s)
             except Retryable as error:
                 self.pool.release(endpoint, healthy=False)
                 retry += 1
@@ -88,7 +98,7 @@ class RewardClient(BaseRewardClient):
                 self.pool.release(endpoint, healthy=True)
                 raise
             self.pool.release(endpoint, healthy=True)
-            return rewards
+            return result
 
     def _workers(self) -> ThreadPoolExecutor:
         with self._executor_lock:

@@ -74,8 +74,9 @@ class RewardFunction:
         """TRL also passes completion_ids, trainer_state and dataset columns; they are unused."""
         prompt_texts = [p if isinstance(p, str) else self.format_prompt(p) for p in prompts]
         completion_texts = [completion_text(c) for c in completions]
-        return self.client.score(prompts=prompt_texts, completions=completion_texts,
-                                 model=self.model)  # fmt: skip
+        return self.client.score(
+            prompts=prompt_texts, completions=completion_texts, model=self.model
+        )
 
     def close(self) -> None:
         if self.owns_client:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from reward_service.errors import DataError
+
 Format = Literal["rankings", "pairs", "labels", "scores"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 
@@ -36,12 +38,10 @@ _FORMAT_MARKERS: tuple[tuple[str, Format], ...] = (
 )
 
 
-class DataError(ValueError):
-    """A training or evaluation file that cannot be read; the message names the file and line."""
-
-
 @dataclass(frozen=True)
 class Ranking:
+    """One prompt's completions with the rank labellers gave each (a ``rankings`` line)."""
+
     prompt: str
     completions: tuple[str, ...]
     ranks: tuple[int, ...]  # ranks[i] is the rank of completions[i]; 1 = best
@@ -49,6 +49,8 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Pair:
+    """A completion labellers preferred to another for one prompt (a ``pairs`` line)."""
+
     prompt: str
     chosen: str
     rejected: str
@@ -56,6 +58,8 @@ class Pair:
 
 @dataclass(frozen=True)
 class Labelled:
+    """A completion judged good (1) or bad (0) (a ``labels`` line)."""
+
     prompt: str
     completion: str
     label: int  # 1 = positive (good), 0 = negative
@@ -63,6 +67,8 @@ class Labelled:
 
 @dataclass(frozen=True)
 class Scored:
+    """A completion with a numeric human score (a ``scores`` line)."""
+
     prompt: str
     completion: str
     score: float
@@ -74,6 +80,8 @@ Record = Ranking | Pair | Labelled | Scored
 
 @dataclass(frozen=True)
 class RecordFile:
+    """A file's records, all of one format."""
+
     path: Path
     format: Format
     records: list[Record]

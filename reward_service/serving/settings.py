@@ -1,0 +1,109 @@
+"""Everything `reward-service serve` takes: flags, or REWARD_SERVICE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reward_service.cache import default_cache_dir
+from reward_service.engine.limits import BatchingConfig
+from reward_service.flags import Flag
+from reward_service.model.spec import (
+    DEFAULT_MODEL_NAME,
+    MODEL_NAME_PATTERN,
+    BackendName,
+    Device,
+    DType,
+    ModelSpec,
+)
+
+
+class ServeSettings(BaseSettings):
+    """Everything `reward-service serve` takes; flags override REWARD_SERVICE_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="REWARD_SERVICE_", extra="forbid")
+
+    models: Annotated[list[str], Flag("--model", repeat=True, metavar="[NAME=]SOURCE")] = Field(
+        default_factory=list,
+        description="A model folder or hub id, optionally named; repeat for several models. "
+        "Without it, the project's default reward model.",
+    )
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="REST port; 0 picks a free one.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 serves REST only.")
+    grpc_max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest gRPC request or response message."
+    )
+    # The same 16 MiB as a gRPC message: a request that fits one transport fits the other.
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest REST request body; larger ones get 413 unread.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, REST requests (but /health/* and /metrics) need it as a bearer "
+        "token, `Authorization: Bearer KEY`, and gRPC reward calls as `authorization` metadata; "
+        "REWARD_SERVICE_API_KEY keeps it out of the process list.",
+    )
+    # Under the 30 s that Kubernetes (terminationGracePeriodSeconds) waits before SIGKILL.
+    shutdown_grace_s: float = Field(
+        25.0,
+        gt=0,
+        description="On SIGTERM: not ready, new requests refused (503 / UNAVAILABLE 'shutting "
+        "down'), the accepted ones answered, exit within this many seconds.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    access_log: bool = Field(False, description="Log every request.")
+    batching: Annotated[BatchingConfig, Flag(prefix="")] = Field(default_factory=BatchingConfig)
+    backend: BackendName = Field(
+        "auto",
+        description="Inference backend (auto: onnx where the folder holds model.onnx, else torch).",
+    )
+    device: Device = Field("cpu", description="cpu, cuda, cuda:N or auto.")
+    dtype: DType = Field("float32", description="The weights' and activations' precision.")
+    allow_pickle: bool = Field(
+        False, description="Allow pickle (.bin) weights, which can run code when loaded."
+    )
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="Where built models are kept."
+    )
+    preset: str | None = Field(
+        None, description="sentiment, toxicity, toxicity-any, hate or reward-model."
+    )
+    mapping_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="RewardMapping fields that override each model folder's reward_config.json.",
+    )
+
+    def model_specs(self, default_source: str | None = None) -> list[ModelSpec]:
+        entries = self.models or (
+            [f"{DEFAULT_MODEL_NAME}={default_source}"] if default_source else []
+        )
+        specs = []
+        for entry in entries:
+            name, _, source = entry.partition("=") if "=" in entry else ("", "", entry)
+            name = name or Path(source.rstrip("/")).name
+            if not MODEL_NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"model name {name!r} may hold only letters, digits, '.', '_' and '-' "
+                    "(give one with NAME=SOURCE)"
+                )
+            specs.append(
+                ModelSpec(
+                    name=name,
+                    source=source,
+                    backend=self.backend,
+                    device=self.device,
+                    dtype=self.dtype,
+                    allow_pickle=self.allow_pickle,
+                    preset=self.preset,
+                    mapping_overrides=self.mapping_overrides,
+                )
+            )
+        return specs

