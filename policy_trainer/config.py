@@ -32,6 +32,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -106,8 +107,18 @@ class PPOConfig(BaseModel):
         description="Sampling temperature (TRL, N-impl: 0.7). Logits are divided by it in every "
         "log-prob too, or the KL grows too fast (N-impl).",
     )
-    top_k: int = Field(0, ge=0, description="0 samples from the whole vocabulary (N-impl).")
-    top_p: float = Field(1.0, gt=0, le=1, description="1.0: no nucleus truncation (N-impl).")
+    top_k: int = Field(
+        0,
+        ge=0,
+        description="Must stay 0: every token is sampled from the whole softmax(logits / "
+        "temperature) (N-impl), the distribution of PPO's log-probs; top-k is refused.",
+    )
+    top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Must stay 1.0: no nucleus truncation (N-impl), for the same reason as top_k.",
+    )
     max_prompt_tokens: int | None = Field(
         None, ge=1, description="Longer prompts keep their last this many tokens; None: no limit."
     )
@@ -213,6 +224,19 @@ class PPOConfig(BaseModel):
         description="A batch's scoring, retries included, at most; past it the run saves a "
         "checkpoint and stops, to be resumed with --resume once the service is back.",
     )
+
+    @field_validator("top_k", "top_p")
+    @classmethod
+    def _sample_from_the_whole_distribution(cls, value: float, info: ValidationInfo) -> float:
+        # A truncated sampler would make the policy that acts differ from the one PPO optimises.
+        whole = 0 if info.field_name == "top_k" else 1.0
+        if value != whole:
+            raise ValueError(
+                f"{value:g} would sample from a truncated distribution, but PPO's log-probs, KL "
+                "and entropy are those of the whole softmax(logits / temperature), so PPO "
+                f"samples from it: leave {info.field_name} at {whole:g}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _batches_divide(self) -> PPOConfig:

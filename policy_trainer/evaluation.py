@@ -1,9 +1,10 @@
 """Evaluating a policy on held-out prompts: reward, KL to a reference policy, response length.
 
 For before/after tables: sample responses from the policy exactly as PPO samples them
-(`rollout.generate_responses`, at the same temperature, no top-k/top-p), score them on the reward
-service, and, given a reference policy, measure how far the policy has moved from it on its own
-samples: KL(policy || reference) per sequence, the sum over a response's tokens of
+(`rollout.generate_responses`: the whole softmax at the same temperature, no top-k/top-p, none of
+the policy folder's own sampling settings), score them on the reward service, and, given a
+reference policy, measure how far the policy has moved from it on its own samples:
+KL(policy || reference) per sequence, the sum over a response's tokens of
 ``log p(token) - log p_ref(token)`` (the k1 estimator PPO penalises, ``ppo_math.kl_per_token``),
 with both models' logits divided by the temperature, as in PPO. Its mean over responses estimates
 the sequence-level KL; a single response's value can be negative.

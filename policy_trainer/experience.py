@@ -26,11 +26,8 @@ from policy_trainer.ppo_math import (
     FixedKLController,
     RunningMoments,
     entropy_from_logits,
-    generalized_advantages,
-    kl_per_token,
     logprobs_from_logits,
-    masked_whiten,
-    per_token_rewards,
+    shape_rewards,
     shaped_scores,
 )
 from policy_trainer.prompts import EncodedPrompt
@@ -216,7 +213,8 @@ class ExperienceMaker:
         entropy: torch.Tensor,
         raw_scores: torch.Tensor,
     ) -> Experience:
-        """Scores -> per-token rewards -> advantages and returns (ppo_math, N-impl order)."""
+        """Scores -> per-token rewards -> advantages and returns. All but the running score
+        statistics, which see every process's scores, is pure: `ppo_math.shape_rewards`."""
         config = self.config
         mask = generation.response_mask
         ended, penalty = generation.ended_with_eos, config.missing_eos_penalty
@@ -232,15 +230,19 @@ class ExperienceMaker:
             moments=self.score_moments,
             clip=config.score_clip,
         )
-        kl = kl_per_token(logprobs, ref_logprobs, config.kl_estimator) * mask
-        rewards = per_token_rewards(scores, kl, mask, self.kl_controller.beta)
-        if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = generalized_advantages(
-            rewards, values, mask, config.gamma, config.lam
+        shaped = shape_rewards(
+            scores,
+            logprobs,
+            ref_logprobs,
+            values,
+            mask,
+            beta=self.kl_controller.beta,
+            kl_estimator=config.kl_estimator,
+            gamma=config.gamma,
+            lam=config.lam,
+            whiten_rewards=config.whiten_rewards,
+            whiten_advantages=config.whiten_advantages,
         )
-        if config.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
         return Experience(
             generation=generation,
             logprobs=logprobs,
@@ -249,7 +251,7 @@ class ExperienceMaker:
             entropy=entropy,
             raw_scores=raw_scores,
             scores=scores,
-            kl=kl,
-            advantages=advantages,
-            returns=returns,
+            kl=shaped.kl,
+            advantages=shaped.advantages,
+            returns=shaped.returns,
         )

@@ -115,6 +115,44 @@ def generalized_advantages(
 
 
 @dataclass(frozen=True)
+class ShapedRewards:
+    """A batch's per-token KL, rewards, advantages and returns, all zero on padding."""
+
+    kl: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor  # whitened if asked
+    returns: torch.Tensor  # targets of the value loss: the unwhitened advantages + values
+
+
+def shape_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float,
+    kl_estimator: KLEstimator = "k1",
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    whiten_rewards: bool = False,
+    whiten_advantages: bool = True,
+) -> ShapedRewards:
+    """One score per sequence -> per-token rewards -> advantages and returns, in N-impl's order:
+    the KL to the reference on every response token, r_t = -beta * kl_t plus the score on the last
+    real token, optionally whitened rewards (keeping their mean), GAE, returns = A + V from the
+    unwhitened advantages, then the advantages whitened over the batch."""
+    kl = kl_per_token(logprobs, ref_logprobs, kl_estimator) * mask
+    rewards = per_token_rewards(scores, kl, mask, beta)
+    if whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = generalized_advantages(rewards, values, mask, gamma, lam)
+    if whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return ShapedRewards(kl=kl, rewards=rewards, advantages=advantages, returns=returns)
+
+
+@dataclass(frozen=True)
 class PolicyLossResult:
     """The clipped policy loss of a minibatch, with what it says about the update."""
 

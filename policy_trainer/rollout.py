@@ -1,8 +1,9 @@
 """Rollouts: generate responses, decode them, and score them remotely in the background.
 
 Reusable pieces (PPO uses them all; `policy-trainer evaluate` too):
-- `generate_responses(model, tokenizer, prompts, ...)`: left-padded batch, KV cache, sampling at
-  a temperature, stopping at EOS; token ids, a response mask and decoded completions.
+- `generate_responses(model, tokenizer, prompts, ...)`: left-padded batch, KV cache, sampling
+  from the whole softmax at a temperature, stopping at EOS; token ids, a response mask and
+  decoded completions.
 - `RemoteReward` / `BackgroundScorer`: scores through the reward-service client, in a thread,
   so the trainer's next computation overlaps the service's scoring.
 The log-probs of the responses under a model are `forward.response_logprobs`.
@@ -10,19 +11,19 @@ The log-probs of the responses under a model are `forward.response_logprobs`.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from policy_trainer.forward import position_ids_from_attention_mask
 from reward_service.client import RewardClient, RewardClientError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 # (prompts, completions) -> one score each, in order.
 ScoreFunction = Callable[[list[str], list[str]], list[float]]
@@ -129,39 +130,104 @@ def generate_responses(
     do_sample: bool = True,
 ) -> Generation:
     """Sample one response per prompt (token id lists, e.g. from `prompts.encode_prompts`):
-    left-padded batch, KV cache, stop at the tokenizer's EOS or after `max_new_tokens`. `top_k`
-    0 and `top_p` 1.0 sample from the whole distribution (N-impl); `do_sample=False` is greedy."""
-    from transformers import GenerationConfig
+    left-padded batch, KV cache, stop at the tokenizer's EOS or after `max_new_tokens`.
 
+    With `top_k` 0 and `top_p` 1.0 each token is drawn from exactly softmax(logits / temperature),
+    the distribution whose log-probs `forward.response_logprobs` computes (N-impl: no top-k, no
+    nucleus); `top_k` > 0 or `top_p` < 1 truncate it. Nothing else shapes it, whatever the model
+    folder's generation_config.json asks for. `do_sample=False` is greedy over the same logits."""
     device = next(model.parameters()).device
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    # A fresh GenerationConfig, so a model folder's own sampling defaults (repetition penalty,
-    # top-p...) can't silently change what PPO samples from.
-    generation_config = GenerationConfig(
+    generation_config = _generation_config(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_k=top_k if do_sample and top_k > 0 else None,
-        top_p=top_p if do_sample and top_p < 1.0 else None,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad_id,
-        use_cache=True,
     )
-    output = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids_from_attention_mask(prompt_mask),
-        generation_config=generation_config,
-    )
+    # No position ids: generate() derives them from the attention mask, for the prompt and for
+    # every token it adds, as `forward.position_ids_from_attention_mask` does for the scoring
+    # passes.
+    with _without_folder_generation_defaults(model):
+        output = model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config
+        )
     response_ids, response_mask, ended = truncate_after_eos(
         output[:, prompt_ids.shape[1] :], tokenizer.eos_token_id, pad_id
     )
     completions = decode_completions(tokenizer, prompt_ids, response_ids, response_mask)
     return Generation(prompt_ids, prompt_mask, response_ids, response_mask, completions, ended)
+
+
+def _generation_config(
+    *,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> GenerationConfig:
+    """Every setting of transformers' GenerationConfig that changes the scores tokens are drawn
+    from, stated: the temperature, and each other logits processor off. generate() fills a
+    setting left at None from the model's own generation_config, then from the library's
+    defaults (top_k 50): a value left out here would be inherited."""
+    from transformers import GenerationConfig
+
+    sampling = (
+        dict(
+            temperature=temperature,
+            top_k=top_k,  # 0: no top-k
+            top_p=top_p,  # 1.0: no nucleus
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+        )
+        if do_sample
+        else {}
+    )
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,  # min_length, the same counted with the prompt, defaults to 0
+        do_sample=do_sample,
+        num_beams=1,
+        num_return_sequences=1,
+        **sampling,
+        repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0,
+        guidance_scale=1.0,
+        renormalize_logits=False,
+        remove_invalid_values=False,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        use_cache=True,
+    )
+
+
+@contextlib.contextmanager
+def _without_folder_generation_defaults(model: PreTrainedModel) -> Iterator[None]:
+    """The model's own generation_config (its folder's generation_config.json) set aside for the
+    call. The settings whose only neutral value is None (min_p, forced BOS/EOS, suppressed and
+    bad words, sequence bias, stop strings, watermarking...) would otherwise come from it.
+    Under a peft wrapper, generate() reads the base model's."""
+    from transformers import GenerationConfig
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = base.generation_config
+    base.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = own
 
 
 # --- scoring -------------------------------------------------------------------------------------

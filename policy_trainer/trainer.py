@@ -12,6 +12,7 @@ Every process has its own rollouts (seed + process index); DDP averages their gr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -83,10 +84,10 @@ class PPOTrainer:
         self.config = config
         self.run_dir = Path(run_dir)
         # On a machine without CUDA, `accelerate launch --multi_gpu` processes talk over gloo.
+        # Gradient accumulation is `_update`'s own, weighted by tokens, not accelerate's.
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
             mixed_precision=_mixed_precision(config.mixed_precision),
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
         )
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
@@ -239,22 +240,27 @@ class PPOTrainer:
     # --- the updates ------------------------------------------------------------------------------
 
     def _update(self, experience: Experience) -> dict[str, float]:
-        """`ppo_epochs` passes over shuffled minibatches; one optimiser step per minibatch,
-        accumulated over its micro-batches. Returns the mean of each loss statistic."""
+        """`ppo_epochs` passes over shuffled minibatches; one optimiser step per minibatch, its
+        gradient accumulated over its micro-batches as that of the minibatch's token mean.
+        Returns the mean of each loss statistic."""
         config = self.config
+        mask = experience.generation.response_mask
         statistics: list[dict[str, float]] = []
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(experience.scores), generator=self.shuffle_generator)
             for minibatch in order.split(config.mini_batch_size):
-                for rows in minibatch.split(config.micro_batch_size):
-                    with self.accelerator.accumulate(self.module):
+                micro_batches = minibatch.split(config.micro_batch_size)
+                minibatch_tokens = mask[minibatch].sum()
+                for index, rows in enumerate(micro_batches):
+                    last = index == len(micro_batches) - 1
+                    # DDP averages the gradients over processes once, with the last micro-batch.
+                    syncing = contextlib.nullcontext if last else self.accelerator.no_sync
+                    with syncing(self.module):
                         policy, value = self._losses(experience, rows)
-                        self.accelerator.backward(policy.loss + config.vf_coef * value.loss)
-                        if self.accelerator.sync_gradients and config.max_grad_norm is not None:
-                            parameters = self.module.parameters()
-                            self.accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad()
+                        loss = policy.loss + config.vf_coef * value.loss
+                        # A micro-batch's token mean, weighted by its share of the minibatch's
+                        # tokens: the sum is the minibatch's token mean, as one pass would give.
+                        self.accelerator.backward(loss * mask[rows].sum() / minibatch_tokens)
                     statistics.append(
                         {
                             "policy_loss": policy.loss,
@@ -264,6 +270,10 @@ class PPOTrainer:
                             "value_clip_fraction": value.clip_fraction,
                         }
                     )
+                if config.max_grad_norm is not None:
+                    self.accelerator.clip_grad_norm_(self.module.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
         return {
             name: sum(float(entry[name].detach()) for entry in statistics) / len(statistics)
             for name in statistics[0]

@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from gated_server import FORWARD_ALLOWED, FORWARD_PASSES, LOAD_HELD, read_number, write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,12 +116,29 @@ CHATML_TEMPLATE = (
 )
 
 
-def build_tiny_causal_lm(out: Path, *, seed: int = 0) -> Path:
-    """A seeded 2-layer Llama causal LM (hidden 32) with a ChatML tokenizer trained on the fly
-    (vocab 300, eos = pad = ``<|im_end|>``, as in SmolLM2), saved as a Hugging Face folder."""
+def build_tiny_causal_lm(
+    out: Path,
+    *,
+    seed: int = 0,
+    architecture: str = "llama",
+    generation_config: dict | None = None,
+) -> Path:
+    """A seeded 2-layer causal LM (hidden 32) with a ChatML tokenizer trained on the fly (vocab
+    300, eos = pad = ``<|im_end|>``, as in SmolLM2), saved as a Hugging Face folder. `architecture`
+    "llama" has rotary positions, which a constant shift of every position leaves unchanged;
+    "gpt2" has absolute position embeddings, which tell any misplaced position. A
+    `generation_config` (GenerationConfig fields) is saved as the folder's
+    generation_config.json, the sampling defaults a model ships with."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -137,21 +156,33 @@ def build_tiny_causal_lm(out: Path, *, seed: int = 0) -> Path:
     tokenizer.chat_template = CHATML_TEMPLATE
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
+    special = dict(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
     )
-    model = LlamaForCausalLM(config)
+    if architecture == "gpt2":
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special,
+            )  # fmt: skip
+        )
+    else:
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                tie_word_embeddings=True,
+                **special,
+            )
+        )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if generation_config is not None:
+        model.generation_config = GenerationConfig(**special, **generation_config)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -164,12 +195,82 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# How long a test waits for something to happen before it fails. Only a bound for a failure:
+# what a test checks never depends on how fast the machine is, and a busy machine that takes
+# minutes to start a server or answer a request is slow, not wrong.
+WAIT_S = 300.0
+# The timeout of a test's own HTTP request, for the same reason (httpx's default is 5 s).
+HTTP_TIMEOUT_S = 120.0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
+    """Polls `condition` until it is true; fails naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.01)
+
+
+class ServerGate:
+    """The test's side of the gates of a server started with `gated=True` (gated_server.py).
+
+    Forward passes are numbered from the server's start (warm-up included, every model); the
+    test lets a number of them run and holds the rest, and a held pass waits until it is let
+    through. A model's loading can be held too, from before the process starts.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def forward_passes(self) -> int:
+        """Forward passes started so far (a held one included)."""
+        return read_number(self.directory / FORWARD_PASSES) or 0
+
+    def _allowed(self) -> int | None:
+        return read_number(self.directory / FORWARD_ALLOWED)
+
+    def hold_forward(self, after: int = 0) -> None:
+        """From now on, `after` more forward passes run; the one after them waits."""
+        write_atomically(self.directory / FORWARD_ALLOWED, str(self.forward_passes() + after))
+
+    def allow_forward(self, passes: int = 1) -> None:
+        """Lets `passes` more forward passes run, the held one first."""
+        allowed = self._allowed()
+        assert allowed is not None, "the forward gate is open"
+        write_atomically(self.directory / FORWARD_ALLOWED, str(allowed + passes))
+
+    def is_holding(self) -> bool:
+        """Whether a forward pass waits at the gate."""
+        allowed = self._allowed()
+        return allowed is not None and self.forward_passes() > allowed
+
+    def wait_until_held(self, timeout_s: float = WAIT_S) -> None:
+        wait_for(self.is_holding, "a forward pass to reach the closed gate", timeout_s)
+
+    def open_forward(self) -> None:
+        """Every forward pass runs again, the held one first."""
+        (self.directory / FORWARD_ALLOWED).unlink(missing_ok=True)
+
+    def hold_load(self, model: str) -> None:
+        (self.directory / LOAD_HELD.format(model=model)).touch()
+
+    def release_load(self, model: str) -> None:
+        (self.directory / LOAD_HELD.format(model=model)).unlink(missing_ok=True)
+
+    def open_all(self) -> None:
+        self.open_forward()
+        for held in self.directory.glob(LOAD_HELD.format(model="*")):
+            held.unlink(missing_ok=True)
+
+
 @dataclass
 class RunningServer:
     process: subprocess.Popen
     port: int
     log_path: Path
     grpc_port: int = 0  # 0: gRPC disabled
+    gate: ServerGate | None = None  # started with gated=True
 
     @property
     def grpc_target(self) -> str:
@@ -184,12 +285,26 @@ class RunningServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            if self.gate is not None:  # a held pass or load would hold the shutdown too
+                self.gate.open_all()
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def metric(server: RunningServer, name: str, **labels: str) -> float:
+    """One sample of the server's GET /metrics; 0 when the labelled series does not exist yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=HTTP_TIMEOUT_S).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
 
 
 def start_server(
@@ -197,11 +312,15 @@ def start_server(
     log_dir: Path,
     *,
     wait_ready: bool = True,
-    timeout_s: float = 90,
+    timeout_s: float = WAIT_S,
     port: int | None = None,
+    gated: bool = False,
+    held_loads: Sequence[str] = (),
 ) -> RunningServer:
     """`reward-service serve` in a subprocess on a free loopback port (or `port`, to restart a
-    stopped server where its clients expect it), as a user would run it."""
+    stopped server where its clients expect it), as a user would run it. `gated`: through
+    gated_server.py, with `server.gate` to hold its forward passes, and its loading of the
+    models named in `held_loads` held from the start."""
     port = port or free_port()
     # Every server gets its own gRPC port too, so that servers never contend for the default.
     if "--grpc-port" not in args:
@@ -209,24 +328,35 @@ def start_server(
     grpc_port = int(args[args.index("--grpc-port") + 1])
     log_path = log_dir / f"server-{port}.log"
     env = {**os.environ, "REWARD_SERVICE_CACHE": str(log_dir / "cache"), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "reward_service.cli", "serve", "--port", str(port), *args]
+    command = [sys.executable, "-m", "reward_service.cli"]
+    gate = None
+    if gated or held_loads:
+        gate = ServerGate(log_dir / f"gate-{port}")
+        for model in held_loads:
+            gate.hold_load(model)
+        command = [
+            sys.executable,
+            str(Path(__file__).with_name("gated_server.py")),
+            str(gate.directory),
+        ]
+    command += ["serve", "--port", str(port), *args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
         )
-    server = RunningServer(process, port, log_path, grpc_port)
+    server = RunningServer(process, port, log_path, grpc_port, gate)
     if wait_ready:
         wait_until_ready(server, timeout_s)
     return server
 
 
-def wait_until_ready(server: RunningServer, timeout_s: float = 90) -> None:
+def wait_until_ready(server: RunningServer, timeout_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from helpers import HTTP_TIMEOUT_S
 
 from reward_service.client import RewardClient, Unauthorized
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
@@ -51,9 +52,9 @@ def test_a_missing_or_wrong_key_is_unauthorized_at_once(server, api_key):
 @pytest.mark.parametrize("route", ["/v1/models", "/docs", "/get_reward"])
 def test_every_other_route_needs_the_key(server, route):
     if route == "/get_reward":
-        response = httpx.post(f"{server.url}{route}", json={"query": ["a"]})
+        response = httpx.post(f"{server.url}{route}", json={"query": ["a"]}, timeout=HTTP_TIMEOUT_S)
     else:
-        response = httpx.get(f"{server.url}{route}")
+        response = httpx.get(f"{server.url}{route}", timeout=HTTP_TIMEOUT_S)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["type"] == "unauthorized"
@@ -61,7 +62,7 @@ def test_every_other_route_needs_the_key(server, route):
 
 def test_health_probes_and_metrics_need_no_key(server):
     for route in ["/health/live", "/health/ready", "/metrics"]:
-        assert httpx.get(f"{server.url}{route}").status_code == 200
+        assert httpx.get(f"{server.url}{route}", timeout=HTTP_TIMEOUT_S).status_code == 200
 
 
 # --- gRPC -------------------------------------------------------------------------------------
@@ -83,12 +84,14 @@ def test_every_grpc_reward_method_needs_the_key(server, method):
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = reward_pb2_grpc.RewardServiceStub(channel)
         calls = {
-            "Score": lambda metadata: stub.Score(request, metadata=metadata, timeout=10),
+            "Score": lambda metadata: stub.Score(
+                request, metadata=metadata, timeout=HTTP_TIMEOUT_S
+            ),
             "ScoreStream": lambda metadata: list(
-                stub.ScoreStream(iter([request]), metadata=metadata, timeout=10)
+                stub.ScoreStream(iter([request]), metadata=metadata, timeout=HTTP_TIMEOUT_S)
             ),
             "ListModels": lambda metadata: stub.ListModels(
-                reward_pb2.ListModelsRequest(), metadata=metadata, timeout=10
+                reward_pb2.ListModelsRequest(), metadata=metadata, timeout=HTTP_TIMEOUT_S
             ),
         }
         with pytest.raises(grpc.RpcError) as refused:
@@ -103,7 +106,9 @@ def test_every_grpc_reward_method_needs_the_key(server, method):
 
 def test_grpc_health_needs_no_key(server):
     with grpc.insecure_channel(server.grpc_target) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=HTTP_TIMEOUT_S
+        )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -111,7 +116,7 @@ def test_grpc_reflection_needs_no_key(server):
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
-        reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        reply = next(stub.ServerReflectionInfo(iter([request]), timeout=HTTP_TIMEOUT_S))
     services = {service.name for service in reply.list_services_response.service}
     assert "reward.v1.RewardService" in services
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, free_port
+from helpers import REPO_ROOT, WAIT_S, free_port
 
 from reward_service.serving.settings import ServeSettings
 
@@ -52,7 +52,7 @@ def hadolint() -> str:
 
 def test_hadolint_finds_nothing_to_report_in_the_dockerfile():
     result = subprocess.run(
-        [hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+        [hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=WAIT_S
     )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
@@ -115,7 +115,7 @@ def test_the_healthcheck_passes_on_a_ready_server_and_fails_where_none_answers(
     def check(port: int) -> int:
         env = {"REWARD_SERVICE_PORT": str(port), "PATH": ""}
         return subprocess.run(
-            healthcheck_command, env=env, capture_output=True, timeout=30
+            healthcheck_command, env=env, capture_output=True, timeout=WAIT_S
         ).returncode
 
     assert check(server.port) == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,8 +13,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import positive_logits, start_server
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import HTTP_TIMEOUT_S, WAIT_S, metric, positive_logits, start_server, wait_for
 
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
 
@@ -23,7 +21,9 @@ WORDS = "good bad film plot slow wonderful dull actor scene music ending boring 
 POOL = [
     f"{i} " + " ".join(WORDS[(i * 5 + k) % len(WORDS)] for k in range(1 + i % 7)) for i in range(32)
 ]
-GRACE_S = 20
+# Long enough never to end before what a test waits for (a busy machine is slow, not wrong);
+# the grace period's own end is tested with a short one.
+GRACE_S = WAIT_S
 ANSWERED, REFUSED, NOT_LISTENING, LOST = (
     "answered",
     "refused: shutting down",
@@ -54,62 +54,51 @@ def correct(rewards: list[float], texts: list[str], expected: dict[str, float]) 
 
 
 def admitted_items(server) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "reward_admitted_items":
-                return sample.value
-    return 0.0
+    return metric(server, "reward_admitted_items", model="m")
 
 
-def wait_for(condition, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+def ready_status(server) -> int:
+    return httpx.get(f"{server.url}/health/ready", timeout=HTTP_TIMEOUT_S).status_code
 
 
 def test_sigterm_turns_readiness_false_refuses_new_requests_and_answers_the_accepted_ones(
     folder, expected, tmp_path
 ):
-    # A batch waits 5 s for company, so the accepted requests are still queued at SIGTERM.
+    # The test holds the forward pass, so the accepted requests are unanswered at SIGTERM and
+    # until the test has seen the refusals.
     server = start_server(
-        [
-            "--model",
-            f"m={folder}",
-            "--max-wait-ms=5000",
-            "--max-batch-size=64",
-            f"--shutdown-grace-s={GRACE_S}",
-        ],
+        ["--model", f"m={folder}", "--max-batch-size=64", f"--shutdown-grace-s={GRACE_S}"],
         tmp_path,
+        gated=True,
     )
     texts = POOL[:3]
     try:
         with ThreadPoolExecutor(2) as pool, grpc.insecure_channel(server.grpc_target) as channel:
             stub = reward_pb2_grpc.RewardServiceStub(channel)
+            server.gate.hold_forward()
             accepted_rest = pool.submit(
-                httpx.post, f"{server.url}/v1/score", json={"texts": texts}, timeout=30
+                httpx.post, f"{server.url}/v1/score", json={"texts": texts}, timeout=HTTP_TIMEOUT_S
             )
-            accepted_grpc = stub.Score.future(reward_pb2.ScoreRequest(texts=texts), timeout=30)
+            accepted_grpc = stub.Score.future(reward_pb2.ScoreRequest(texts=texts), timeout=WAIT_S)
             wait_for(lambda: admitted_items(server) == 6, "both requests to be admitted")
 
             server.process.send_signal(signal.SIGTERM)
 
-            wait_for(
-                lambda: httpx.get(f"{server.url}/health/ready").status_code == 503,
-                "readiness to turn false",
-            )
+            wait_for(lambda: ready_status(server) == 503, "readiness to turn false")
             assert not accepted_rest.done() and not accepted_grpc.done()
-            ready = httpx.get(f"{server.url}/health/ready").json()
-            refused = httpx.post(f"{server.url}/v1/score", json={"texts": ["new"]})
-            with pytest.raises(grpc.RpcError) as grpc_refused:
-                stub.Score(reward_pb2.ScoreRequest(texts=["new"]), timeout=10)
-            health = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=10
+            ready = httpx.get(f"{server.url}/health/ready", timeout=HTTP_TIMEOUT_S).json()
+            refused = httpx.post(
+                f"{server.url}/v1/score", json={"texts": ["new"]}, timeout=HTTP_TIMEOUT_S
             )
+            with pytest.raises(grpc.RpcError) as grpc_refused:
+                stub.Score(reward_pb2.ScoreRequest(texts=["new"]), timeout=WAIT_S)
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=WAIT_S
+            )
+            server.gate.open_forward()
             rest_answer = accepted_rest.result()
             grpc_answer = accepted_grpc.result()
-        exit_code = server.process.wait(timeout=GRACE_S + 10)
+        exit_code = server.process.wait(timeout=WAIT_S)
     finally:
         server.stop()
 
@@ -130,12 +119,12 @@ def test_sigterm_turns_readiness_false_refuses_new_requests_and_answers_the_acce
 def test_requests_still_unanswered_when_the_grace_period_ends_get_the_shutting_down_refusal(
     folder, tmp_path
 ):
-    # The batch would wait 60 s: far past the 6 s grace period.
+    # The batch would wait 10 minutes for company: far past the 6 s grace period.
     server = start_server(
         [
             "--model",
             f"m={folder}",
-            "--max-wait-ms=60000",
+            "--max-wait-ms=600000",
             "--max-batch-size=64",
             "--shutdown-grace-s=6",
         ],
@@ -144,12 +133,15 @@ def test_requests_still_unanswered_when_the_grace_period_ends_get_the_shutting_d
     try:
         with ThreadPoolExecutor(1) as pool:
             accepted = pool.submit(
-                httpx.post, f"{server.url}/v1/score", json={"texts": ["waits"]}, timeout=60
+                httpx.post,
+                f"{server.url}/v1/score",
+                json={"texts": ["waits"]},
+                timeout=HTTP_TIMEOUT_S,
             )
             wait_for(lambda: admitted_items(server) == 1, "the request to be admitted")
             server.process.send_signal(signal.SIGTERM)
             answer = accepted.result()
-        exit_code = server.process.wait(timeout=30)
+        exit_code = server.process.wait(timeout=WAIT_S)
     finally:
         server.stop()
 
@@ -173,7 +165,7 @@ def test_sigterm_during_a_stream_of_requests_loses_no_accepted_request(folder, e
     # Each client streams requests until the server refuses it, as a client would before turning
     # to another replica.
     def rest_client(client: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT_S) as http:
             for request in range(100_000):
                 texts = texts_for(client, request)
                 try:
@@ -200,7 +192,7 @@ def test_sigterm_during_a_stream_of_requests_loses_no_accepted_request(folder, e
             for request in range(100_000):
                 texts = texts_for(client, request)
                 try:
-                    response = stub.Score(reward_pb2.ScoreRequest(texts=texts), timeout=30)
+                    response = stub.Score(reward_pb2.ScoreRequest(texts=texts), timeout=WAIT_S)
                 except grpc.RpcError as error:
                     details = error.details() or ""
                     if error.code() != grpc.StatusCode.UNAVAILABLE:
@@ -224,8 +216,8 @@ def test_sigterm_during_a_stream_of_requests_loses_no_accepted_request(folder, e
         sigterm_sent.set()
         server.process.send_signal(signal.SIGTERM)
         for thread in clients:
-            thread.join(timeout=GRACE_S + 30)
-        exit_code = server.process.wait(timeout=GRACE_S + 10)
+            thread.join(timeout=GRACE_S + WAIT_S)
+        exit_code = server.process.wait(timeout=GRACE_S + WAIT_S)
     finally:
         server.stop()
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import HTTP_TIMEOUT_S, WAIT_S, metric, wait_for
 
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
 
@@ -36,6 +36,9 @@ COMPLETIONS = ["loved every minute", " no, it was tedious", "It is a film."]
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# A deadline the request reaches the queue well within (on loopback: milliseconds), to expire
+# while it waits there.
+LATE_DEADLINE_S = 5
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +69,20 @@ def stub(server):
         yield reward_pb2_grpc.RewardServiceStub(channel)
 
 
+@pytest.fixture(scope="module")
+def deterministic(server_factory, folders):
+    """The same models, one item per forward pass (docs/serving.md, Determinism): a text's
+    reward then never depends on what shares its batch, so two calls can be compared exactly."""
+    models = [arg for name, folder in folders.items() for arg in ("--model", f"{name}={folder}")]
+    served = server_factory([*models, "--max-batch-size", "1"])
+    with grpc.insecure_channel(served.grpc_target) as channel:
+        yield served, reward_pb2_grpc.RewardServiceStub(channel)
+
+
 def rest_score(server, **body) -> dict:
-    response = httpx.post(f"{server.url}/v1/score", json=body, timeout=60)
+    response = httpx.post(f"{server.url}/v1/score", json=body, timeout=HTTP_TIMEOUT_S)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def metric(server, name: str, **labels: str) -> float:
-    """One sample of GET /metrics; 0 when the labelled series does not exist yet."""
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def status_of(call, *args, **kwargs) -> grpc.StatusCode:
@@ -93,7 +96,8 @@ def status_of(call, *args, **kwargs) -> grpc.StatusCode:
 
 @pytest.mark.parametrize("model", ["sentiment", "toxicity"])
 @pytest.mark.parametrize("return_raw", [False, True])
-def test_score_of_texts_returns_exactly_the_rest_rewards(server, stub, model, return_raw):
+def test_score_of_texts_returns_exactly_the_rest_rewards(deterministic, model, return_raw):
+    server, stub = deterministic
     rest = rest_score(server, model=model, texts=TEXTS, return_raw=return_raw)
 
     response = stub.Score(reward_pb2.ScoreRequest(model=model, texts=TEXTS, return_raw=return_raw))
@@ -109,8 +113,9 @@ def test_score_of_texts_returns_exactly_the_rest_rewards(server, stub, model, re
 
 @pytest.mark.parametrize("return_raw", [False, True])
 def test_score_of_prompt_completion_pairs_returns_exactly_the_rest_rewards(
-    server, stub, return_raw
+    deterministic, return_raw
 ):
+    server, stub = deterministic
     pairs = dict(prompts=PROMPTS, completions=COMPLETIONS, return_raw=return_raw)
     rest = rest_score(server, **pairs)
 
@@ -120,6 +125,18 @@ def test_score_of_prompt_completion_pairs_returns_exactly_the_rest_rewards(
     assert list(response.rewards) == rest["rewards"]
     if return_raw:
         assert [list(row.logits) for row in response.raw] == rest["raw"]
+
+
+def test_with_one_item_per_batch_a_texts_reward_is_the_same_whatever_shares_its_request(
+    deterministic,
+):
+    server, stub = deterministic
+    alone = [stub.Score(reward_pb2.ScoreRequest(texts=[text])).rewards[0] for text in TEXTS]
+
+    together = list(stub.Score(reward_pb2.ScoreRequest(texts=TEXTS[::-1] * 3)).rewards)
+
+    assert together == alone[::-1] * 3
+    assert rest_score(server, texts=TEXTS)["rewards"] == alone
 
 
 def test_score_stream_answers_many_requests_in_request_order(server, stub):
@@ -136,13 +153,14 @@ def test_score_stream_answers_many_requests_in_request_order(server, stub):
     assert len(responses) == len(requests)
     for request, response in zip(requests, responses, strict=True):
         assert len(response.rewards) == len(request.texts)
-    # Batched with other requests, padding differs, so equal up to float noise, not bitwise.
+    # Batched with other requests, padding differs, so equal up to float noise, not bitwise
+    # (docs/serving.md, Determinism: at most ~1e-7 for these logits, which stay under 1).
     for want, response in zip(expected, responses, strict=False):
         np.testing.assert_allclose(list(response.rewards), want, atol=1e-5)
 
 
 def test_list_models_returns_what_the_rest_models_endpoint_returns(server, stub):
-    rest = httpx.get(f"{server.url}/v1/models").json()["models"]
+    rest = httpx.get(f"{server.url}/v1/models", timeout=HTTP_TIMEOUT_S).json()["models"]
 
     models = stub.ListModels(reward_pb2.ListModelsRequest()).models
 
@@ -214,54 +232,66 @@ def test_grpc_requests_are_counted_in_the_request_metrics(server, stub):
 def test_a_busy_queue_gives_resource_exhausted_and_expired_deadlines_never_reach_the_model(
     server_factory, folders
 ):
-    # One item per forward pass, so a 1000-item request keeps the model busy for a while.
+    # The test holds the model's forward pass: the queue stays as full as the test makes it.
     busy = server_factory(
         [
             "--model",
             f"s={folders['sentiment']}",
-            "--max-batch-size=1",
-            "--max-queue-items=1024",
-            "--max-items-per-request=1000",
+            "--max-queue-items=64",
+            "--max-items-per-request=64",
             "--grpc-max-message-bytes=1000000",
-        ]
+        ],
+        gated=True,
     )
-    backlog = [f"backlog item {i} " * 25 for i in range(1000)]
+    backlog = [f"backlog item {i} " * 25 for i in range(48)]
     scored_before = metric(busy, "reward_items_scored_total", model="s")
     with grpc.insecure_channel(busy.grpc_target) as channel:
         stub = reward_pb2_grpc.RewardServiceStub(channel)
-        backlog_call = stub.Score.future(reward_pb2.ScoreRequest(texts=backlog), timeout=120)
-        while metric(busy, "reward_queue_depth", model="s") < 900:  # admitted and waiting
-            assert not backlog_call.done(), backlog_call.exception()
-            time.sleep(0.01)
+        busy.gate.hold_forward()
+        backlog_call = stub.Score.future(reward_pb2.ScoreRequest(texts=backlog), timeout=WAIT_S)
+        busy.gate.wait_until_held()  # its first batch is in the held pass, the rest queued
 
         late = reward_pb2.ScoreRequest(texts=["too late"] * 5)
-        assert status_of(stub.Score, late, timeout=0.1)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
-        full = reward_pb2.ScoreRequest(texts=["no room"] * 100)
-        assert status_of(stub.Score, full)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        late_call = stub.Score.future(late, timeout=LATE_DEADLINE_S)
+        wait_for(
+            lambda: metric(busy, "reward_admitted_items", model="s") == 53 or late_call.done(),
+            "the late request to be queued",
+        )
+        assert metric(busy, "reward_admitted_items", model="s") == 53, "not queued in time"
+        queued_at = time.monotonic()  # after the server received it: its deadline is earlier
+        assert late_call.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_for(
+            lambda: time.monotonic() > queued_at + LATE_DEADLINE_S,
+            "the deadline to have passed for the server too",
+        )
+        full = reward_pb2.ScoreRequest(texts=["no room"] * 12)  # 53 + 12 > 64
         huge = reward_pb2.ScoreRequest(texts=["x" * 2_000_000])
-        assert status_of(stub.Score, huge)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for refused in (full, huge):
+            code, _ = status_of(stub.Score, refused, timeout=HTTP_TIMEOUT_S)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
-        assert len(backlog_call.result().rewards) == 1000
+        busy.gate.open_forward()
+        assert len(backlog_call.result().rewards) == 48
 
     assert metric(busy, "reward_items_expired_total", model="s") == 5
-    assert metric(busy, "reward_items_scored_total", model="s") == scored_before + 1000
+    assert metric(busy, "reward_items_scored_total", model="s") == scored_before + 48
     assert metric(busy, "reward_requests_rejected_total", model="s") == 1
 
 
 def test_grpc_and_rest_items_that_arrive_together_share_a_batch(server_factory, folders):
-    # A batch waits up to 5 s for a second item: the two requests fill it from both transports.
+    # A batch waits up to 10 minutes for a second item, far longer than these calls may take:
+    # each is answered only because the other filled its batch, whichever came first.
     paired = server_factory(
-        ["--model", f"s={folders['sentiment']}", "--max-batch-size", "2", "--max-wait-ms", "5000"]
+        ["--model", f"s={folders['sentiment']}", "--max-batch-size", "2", "--max-wait-ms", "600000"]
     )
     batches_before = metric(paired, "reward_batch_size_count", model="s")
     with grpc.insecure_channel(paired.grpc_target) as channel, ThreadPoolExecutor(2) as pool:
         stub = reward_pb2_grpc.RewardServiceStub(channel)
-        started = time.monotonic()
-        over_grpc = pool.submit(stub.Score, reward_pb2.ScoreRequest(texts=["over gRPC"]))
+        request = reward_pb2.ScoreRequest(texts=["over gRPC"])
+        over_grpc = pool.submit(stub.Score, request, timeout=HTTP_TIMEOUT_S)
         over_rest = pool.submit(rest_score, paired, texts=["over REST"])
         assert len(over_grpc.result().rewards) == len(over_rest.result()["rewards"]) == 1
 
-    assert time.monotonic() - started < 4, "the batch waited for its full window"
     assert metric(paired, "reward_batch_size_count", model="s") == batches_before + 1
     assert metric(paired, "reward_batch_size_sum", model="s") == 2
 
@@ -274,33 +304,37 @@ def test_health_is_not_serving_until_warm_then_serving_per_model_and_overall(
 ):
     names = [f"m{i}" for i in range(4)]
     models = [arg for name in names for arg in ("--model", f"{name}={folders['sentiment']}")]
-    loading = server_factory(models, wait_ready=False)
+    # Each model's loading waits until the test lets it start, so every stage lasts until the
+    # test has seen it.
+    loading = server_factory(models, wait_ready=False, held_loads=names)
     with grpc.insecure_channel(loading.grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         stub = reward_pb2_grpc.RewardServiceStub(channel)
+
+        def status(service: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service)).status
+
         # The gRPC port opens before the first model loads; the first answer must be "not yet".
         first = health.Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=60, wait_for_ready=True
+            health_pb2.HealthCheckRequest(service=""), timeout=WAIT_S, wait_for_ready=True
         )
         assert first.status == NOT_SERVING
-        assert health.Check(health_pb2.HealthCheckRequest(service=names[-1])).status == NOT_SERVING
+        assert status(names[-1]) == NOT_SERVING
         code, _ = status_of(stub.Score, reward_pb2.ScoreRequest(model=names[-1], texts=["a"]))
         assert code == grpc.StatusCode.UNAVAILABLE
 
         # Models warm one by one: the first serves while the server as a whole does not yet.
-        first_model_before_server = False
-        deadline = time.monotonic() + 90
-        while health.Check(health_pb2.HealthCheckRequest(service="")).status != SERVING:
-            assert time.monotonic() < deadline, loading.log()
-            first_model = health.Check(health_pb2.HealthCheckRequest(service=names[0])).status
-            overall = health.Check(health_pb2.HealthCheckRequest(service="")).status
-            first_model_before_server |= first_model == SERVING and overall == NOT_SERVING
-            time.sleep(0.01)
+        loading.gate.release_load(names[0])
+        wait_for(lambda: status(names[0]) == SERVING, "the first model to serve")
+        assert status("") == NOT_SERVING
+        for name in names[1:]:
+            loading.gate.release_load(name)
+        wait_for(lambda: status("") == SERVING, "every model to serve")
 
-        assert first_model_before_server
-        assert httpx.get(f"{loading.url}/health/ready").status_code == 200
+        ready = httpx.get(f"{loading.url}/health/ready", timeout=HTTP_TIMEOUT_S)
+        assert ready.status_code == 200
         for name in [*names, SERVICE]:
-            assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == SERVING
+            assert status(name) == SERVING
         code, _ = status_of(health.Check, health_pb2.HealthCheckRequest(service="no-such-model"))
         assert code == grpc.StatusCode.NOT_FOUND
         assert len(stub.Score(reward_pb2.ScoreRequest(model=names[-1], texts=["a"])).rewards) == 1
@@ -327,5 +361,5 @@ def test_a_grpc_port_in_use_stops_the_server_with_a_clear_error(server, server_f
         ["--model", f"s={folders['sentiment']}", "--grpc-port", str(server.grpc_port)],
         wait_ready=False,
     )
-    assert clash.process.wait(timeout=60) == 2
+    assert clash.process.wait(timeout=WAIT_S) == 2
     assert f"cannot listen for gRPC on 127.0.0.1:{server.grpc_port}" in clash.log()

@@ -8,6 +8,7 @@ import json
 import httpx
 import numpy as np
 import pytest
+from helpers import HTTP_TIMEOUT_S
 from prometheus_client.parser import text_string_to_metric_families
 
 from reward_service import cli
@@ -21,11 +22,13 @@ RESPONSES = ["loved every minute", " no, it was tedious", "It is a film."]
 
 
 def close(got: list[float], expected: list[float]) -> None:
+    """Equal up to batch-composition noise: 1000x logits under 1, so up to ~1.2e-4 (docs/serving.md,
+    Determinism)."""
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
 def requests_seen(server, route: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    text = httpx.get(f"{server.url}/metrics", timeout=HTTP_TIMEOUT_S).text
     labels = {"transport": "http", "route": route, "status": "200"}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -35,7 +38,7 @@ def requests_seen(server, route: str) -> float:
 
 
 def v1_score(server, **body) -> list[float]:
-    response = httpx.post(f"{server.url}/v1/score", json=body, timeout=30)
+    response = httpx.post(f"{server.url}/v1/score", json=body, timeout=HTTP_TIMEOUT_S)
     response.raise_for_status()
     return response.json()["rewards"]
 
@@ -52,7 +55,7 @@ def server(server_factory, tiny_model_factory):
 def test_openrlhf_get_reward_scores_prompt_prefixed_queries_as_pairs_like_v1_score(server):
     query = [prompt + response for prompt, response in zip(PROMPTS, RESPONSES, strict=True)]
     body = {"query": query, "prompts": PROMPTS, "labels": ["", "", ""]}  # OpenRLHF's exact shape
-    reply = httpx.post(f"{server.url}/get_reward", json=body, timeout=30).json()
+    reply = httpx.post(f"{server.url}/get_reward", json=body, timeout=HTTP_TIMEOUT_S).json()
     assert set(reply) == {"rewards", "scores", "extra_logs"}
     assert reply["extra_logs"] == {}
     assert reply["scores"] == reply["rewards"]
@@ -61,18 +64,21 @@ def test_openrlhf_get_reward_scores_prompt_prefixed_queries_as_pairs_like_v1_sco
 
 def test_openrlhf_queries_without_their_prompt_or_without_prompts_are_scored_whole(server):
     query = [PROMPTS[0] + RESPONSES[0], "no prompt in front", PROMPTS[2] + RESPONSES[2]]
-    mixed = httpx.post(f"{server.url}/get_reward", json={"query": query, "prompts": PROMPTS})
+    get_reward = f"{server.url}/get_reward"
+    mixed = httpx.post(
+        get_reward, json={"query": query, "prompts": PROMPTS}, timeout=HTTP_TIMEOUT_S
+    )
     expected_pairs = v1_score(
         server, prompts=[PROMPTS[0], PROMPTS[2]], completions=[RESPONSES[0], RESPONSES[2]]
     )
     expected_whole = v1_score(server, texts=["no prompt in front"])
     close(mixed.json()["rewards"], [expected_pairs[0], expected_whole[0], expected_pairs[1]])
-    query_only = httpx.post(f"{server.url}/get_reward", json={"query": query}).json()
+    query_only = httpx.post(get_reward, json={"query": query}, timeout=HTTP_TIMEOUT_S).json()
     close(query_only["rewards"], v1_score(server, texts=query))
 
 
 def test_openrlhf_request_without_queries_is_a_422(server):
-    response = httpx.post(f"{server.url}/get_reward", json={"query": []})
+    response = httpx.post(f"{server.url}/get_reward", json={"query": []}, timeout=HTTP_TIMEOUT_S)
     assert response.status_code == 422
     assert response.json()["error"]["type"] == "invalid_request"
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from helpers import WAIT_S
 from safetensors.torch import load_file
 
 from reward_service.errors import ModelLoadError
@@ -115,7 +116,7 @@ def run_cli(*args):
         [sys.executable, "-m", "reward_service.cli", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=WAIT_S,
     )
 
 

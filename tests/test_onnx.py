@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from helpers import HTTP_TIMEOUT_S, WAIT_S
 
 from reward_service.cli import main
 from reward_service.engine.engine import Engine
@@ -117,10 +118,10 @@ def test_serving_an_exported_folder_over_rest_returns_in_process_onnx_rewards(
 ):
     expected = asyncio.run(score_in_process(exported, TEXTS))
     server = server_factory(["--model", f"tiny={exported}"])
-    response = httpx.post(f"{server.url}/v1/score", json={"texts": TEXTS}, timeout=30)
+    response = httpx.post(f"{server.url}/v1/score", json={"texts": TEXTS}, timeout=HTTP_TIMEOUT_S)
     response.raise_for_status()
     np.testing.assert_allclose(response.json()["rewards"], expected, atol=1e-6, rtol=0)
-    (info,) = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
+    (info,) = httpx.get(f"{server.url}/v1/models", timeout=HTTP_TIMEOUT_S).json()["models"]
     assert info["backend"] == "onnx"
 
 
@@ -196,5 +197,5 @@ def test_serve_exits_with_the_mismatch_before_answering(
     shutil.copytree(three_labels, folder)
     shutil.copyfile(exported / "model.onnx", folder / "model.onnx")
     server = server_factory(["--model", str(folder)], wait_ready=False)
-    assert server.process.wait(timeout=60) == 2
+    assert server.process.wait(timeout=WAIT_S) == 2
     assert "config.json has 3 labels" in server.log()

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 import schemathesis
+from helpers import HTTP_TIMEOUT_S
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -80,6 +81,6 @@ def test_no_input_gets_a_5xx_or_an_answer_outside_the_schema(api_schema, method,
     @given(case=operation.as_strategy(generation_mode=mode))
     def call_and_validate(case) -> None:
         cases_tried[f"{method} {path} ({mode.value})"] += 1
-        case.call_and_validate(checks=CHECKS, timeout=30)
+        case.call_and_validate(checks=CHECKS, timeout=HTTP_TIMEOUT_S)
 
     call_and_validate()

@@ -1,24 +1,27 @@
 """Overload: a burst of ten times the server's measured capacity, from many concurrent REST and
 gRPC clients at once, against a small queue. The server must refuse the excess (429 /
 RESOURCE_EXHAUSTED), answer every request it admits with the right rewards, keep its memory
-bounded, and serve normally afterwards."""
+bounded, and serve normally afterwards.
+
+Each burst starts with the model's forward pass held by the test until the queue is full and
+has refused a request, so every burst meets a full queue however fast the machine serves; then
+the model serves the rest of the burst as it comes.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import aiohttp
 import grpc
 import httpx
-import psutil
 import pytest
-from helpers import positive_logits
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import HTTP_TIMEOUT_S, WAIT_S, metric, positive_logits, wait_for
 
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
 
@@ -72,7 +75,8 @@ def server(server_factory, folder):
             f"--max-items-per-request={ITEMS_PER_REQUEST * 2}",
             "--max-batch-size=32",
             "--grpc-max-message-bytes=1048576",
-        ]
+        ],
+        gated=True,
     )
 
 
@@ -83,32 +87,16 @@ def expected(folder) -> dict[str, float]:
 
 @contextmanager
 def peak_rss(pid: int) -> Iterator[list[int]]:
-    """Samples the process's resident memory every 5 ms; yields [peak bytes] (filled at exit)."""
-    process = psutil.Process(pid)
-    peak = [process.memory_info().rss]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    """The process's peak resident memory over the block; yields [peak bytes] (filled at exit).
+    The kernel's own high-water mark (VmHWM), reset on entry: no peak slips between samples."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak to the current RSS
+    peak = [0]
     try:
         yield peak
     finally:
-        done.set()
-        sampler.join()
-
-
-def gauge(server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise AssertionError(f"no {name} in /metrics")
+        status = Path(f"/proc/{pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        peak[0] = int(kib) * 1024
 
 
 class Outcomes:
@@ -156,7 +144,7 @@ async def rest_request(session: aiohttp.ClientSession, url: str, request: int, o
 async def grpc_request(stub, request: int, outcomes: Outcomes) -> None:
     texts = texts_for(request)
     try:
-        response = await stub.Score(reward_pb2.ScoreRequest(texts=texts), timeout=120)
+        response = await stub.Score(reward_pb2.ScoreRequest(texts=texts), timeout=WAIT_S)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
             outcomes.refused()
@@ -174,30 +162,47 @@ async def closed_loop(url: str, outcomes: Outcomes) -> float:
         for request in next_request:
             await rest_request(session, url, request, outcomes)
 
-    timeout = aiohttp.ClientTimeout(total=120)
+    timeout = aiohttp.ClientTimeout(total=WAIT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(CAPACITY_CLIENTS)))
         return CAPACITY_REQUESTS / (time.perf_counter() - started)
 
 
-async def burst(url: str, grpc_target: str, size: int, outcomes: Outcomes) -> None:
+def queue_full_and_refusing(server, refused_before: float) -> bool:
+    admitted = metric(server, "reward_admitted_items", model="m")
+    refused = metric(server, "reward_requests_rejected_total", model="m")
+    return admitted == MAX_QUEUE_ITEMS and refused > refused_before
+
+
+async def burst(server, size: int, outcomes: Outcomes) -> None:
     """`size` requests at once: REST over REST_CONNECTIONS connections, every GRPC_SHARE-th over
-    one of GRPC_CHANNELS gRPC channels."""
+    one of GRPC_CHANNELS gRPC channels; the model held until the queue is full and refusing."""
     connector = aiohttp.TCPConnector(limit=REST_CONNECTIONS)
-    timeout = aiohttp.ClientTimeout(total=120)
-    channels = [grpc.aio.insecure_channel(grpc_target) for _ in range(GRPC_CHANNELS)]
+    timeout = aiohttp.ClientTimeout(total=WAIT_S)
+    channels = [grpc.aio.insecure_channel(server.grpc_target) for _ in range(GRPC_CHANNELS)]
     stubs = [reward_pb2_grpc.RewardServiceStub(channel) for channel in channels]
+    refused_before = metric(server, "reward_requests_rejected_total", model="m")
+    server.gate.hold_forward()
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            await asyncio.gather(
+            requests = asyncio.gather(
                 *(
                     grpc_request(stubs[request % GRPC_CHANNELS], request, outcomes)
                     if request % GRPC_SHARE == 0
-                    else rest_request(session, url, request, outcomes)
+                    else rest_request(session, server.url, request, outcomes)
                     for request in range(size)
                 )
             )
+            try:
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda: queue_full_and_refusing(server, refused_before),
+                    "the queue to fill and refuse a request",
+                )
+            finally:
+                server.gate.open_forward()
+            await requests
     finally:
         for channel in channels:
             await channel.close()
@@ -216,7 +221,7 @@ def test_a_burst_of_ten_times_capacity_is_refused_in_part_admitted_exactly_and_m
     for _ in range(BURSTS):  # repeated: a later burst shows whether anything was kept
         outcomes = Outcomes(expected)
         with peak_rss(server.process.pid) as peak:
-            asyncio.run(burst(server.url, server.grpc_target, size, outcomes))
+            asyncio.run(burst(server, size, outcomes))
         peaks.append(peak[0])
         results.append(outcomes)
 
@@ -239,9 +244,9 @@ def test_a_burst_of_ten_times_capacity_is_refused_in_part_admitted_exactly_and_m
     assert mib[f"burst {BURSTS}"] - mib[f"burst {BURSTS - 1}"] < MAX_REPEAT_GROWTH_MIB
 
     # Afterwards: ready, nothing left admitted or queued, and answering as before.
-    assert httpx.get(f"{server.url}/health/ready").status_code == 200
-    assert gauge(server, "reward_admitted_items") == 0
-    assert gauge(server, "reward_queue_depth") == 0
+    assert httpx.get(f"{server.url}/health/ready", timeout=HTTP_TIMEOUT_S).status_code == 200
+    assert metric(server, "reward_admitted_items", model="m") == 0
+    assert metric(server, "reward_queue_depth", model="m") == 0
     after = Outcomes(expected)
     asyncio.run(closed_loop(server.url, after))
     assert after.counts == {"admitted": CAPACITY_REQUESTS}, after.lost[:5]

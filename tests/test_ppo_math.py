@@ -26,6 +26,7 @@ from policy_trainer.ppo_math import (
     masked_var,
     masked_whiten,
     per_token_rewards,
+    shape_rewards,
     shaped_scores,
 )
 
@@ -144,6 +145,47 @@ def test_gae_discounts_with_gamma():
     # lam 1, gamma 0.9: A1 = 1; A0 = 0 + 0.9 * 0 - 0 + 0.9 * 1 * 1 = 0.9 (the discounted return)
     advantages, _ = generalized_advantages(rewards, values, mask, gamma=0.9, lam=1.0)
     close(advantages, [[0.9, 1.0]])
+
+
+def shaped_batch(**changes) -> dict[str, torch.Tensor]:
+    """Two responses, the second one token shorter; its padded position holds absurd values."""
+    batch = {
+        "scores": torch.tensor([1.0, -2.0]),
+        "logprobs": torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -0.2, 99.0]]),
+        "ref_logprobs": torch.tensor([[-1.5, -1.8, -0.5], [-1.0, -0.7, -7.0]]),
+        "values": torch.tensor([[0.1, 0.2, 0.3], [0.4, -0.1, 7.0]]),
+        "mask": torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
+    }
+    return {**batch, **changes}
+
+
+def test_experience_shaping_penalises_kl_scores_the_last_real_token_and_leaves_padding_out():
+    shaped = shape_rewards(**shaped_batch(), beta=0.1, gamma=1.0, lam=0.5, whiten_advantages=True)
+    # k1 = log p - log p_ref: (0.5, -0.2, 0) and (-0.5, 0.5, padding -> 0)
+    close(shaped.kl, [[0.5, -0.2, 0.0], [-0.5, 0.5, 0.0]])
+    # r_t = -0.1 * kl_t: a token the policy likes more than the reference costs reward; the
+    # score sits on each response's last real token (row 1: its second, not the padded third)
+    close(shaped.rewards, [[-0.05, 0.02, 1.0], [0.05, 0.5 * -0.1 - 2.0, 0.0]])
+    # GAE, gamma 1, lambda 0.5, backwards:
+    #   row 0: A2 = 1 - 0.3 = 0.7; A1 = 0.02 + 0.3 - 0.2 + 0.5 * 0.7 = 0.47;
+    #          A0 = -0.05 + 0.2 - 0.1 + 0.5 * 0.47 = 0.285
+    #   row 1: A1 = -2.05 + 0 (nothing after its last token) + 0.1 = -1.95;
+    #          A0 = 0.05 - 0.1 - 0.4 + 0.5 * -1.95 = -1.425
+    unwhitened = torch.tensor([[0.285, 0.47, 0.7], [-1.425, -1.95, 0.0]])
+    # Returns are the value targets: the advantages before whitening, plus the values.
+    close(shaped.returns, [[0.385, 0.67, 1.0], [-1.025, -2.05, 0.0]])
+    # Whitened over the five real tokens: mean -0.384, unbiased variance 5.88797 / 4.
+    whitened = (unwhitened + 0.384) / math.sqrt(5.88797 / 4) * shaped_batch()["mask"]
+    close(shaped.advantages, whitened)
+    # Padding is zero in everything, and what sits there never reaches a real token.
+    absurd = shaped_batch(
+        logprobs=torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -0.2, -50.0]]),
+        values=torch.tensor([[0.1, 0.2, 0.3], [0.4, -0.1, -3.0]]),
+    )
+    elsewhere = shape_rewards(**absurd, beta=0.1, gamma=1.0, lam=0.5, whiten_advantages=True)
+    for name in ("kl", "rewards", "advantages", "returns"):
+        assert getattr(shaped, name)[1, 2] == 0.0, name
+        torch.testing.assert_close(getattr(elsewhere, name), getattr(shaped, name), msg=name)
 
 
 # --- losses ------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO_ROOT, start_server
+from helpers import REPO_ROOT, build_word_level_lm, start_server
+from ppo_process import launch_ppo_processes
 
 from policy_trainer.checkpoint import checkpoint_path, load_state
 from policy_trainer.run_log import read_metrics
@@ -144,3 +145,45 @@ def test_resume_refuses_settings_other_than_the_reward_url(ppo_task, tmp_path: P
     )
     assert result.returncode == 2
     assert "drop --learning-rate" in result.stderr
+
+
+# Every piece of state a resume restores moves in these runs: beta (adaptive), the running score
+# statistics, the annealed learning rate, each process's random streams.
+TWO_PROCESS_SETTINGS = {
+    "steps": 6, "batch_size": 8, "num_mini_batches": 2, "checkpoint_every": 0,
+    "kl_controller": "adaptive", "kl_horizon": 100, "score_scaling": "std",
+    "lr_schedule": "linear",
+}  # fmt: skip
+
+
+def test_a_two_process_run_stopped_and_resumed_ends_as_an_uninterrupted_one_on_both_processes(
+    tmp_path: Path,
+):
+    policy = build_word_level_lm(tmp_path / "policy")
+    uninterrupted = launch_ppo_processes(
+        policy, tmp_path / "uninterrupted", tmp_path / "uninterrupted-out", TWO_PROCESS_SETTINGS
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    # Process 0's scoring fails at step 4: both processes save steps 1-3 and stop.
+    run_dir, out = tmp_path / "resumed", tmp_path / "resumed-out"
+    stopped = launch_ppo_processes(
+        policy, run_dir, out, TWO_PROCESS_SETTINGS, "--fail-at-step", "4"
+    )
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    for rank in (0, 1):
+        assert (out / f"rank-{rank}.stopped").read_text() == str(checkpoint_path(run_dir, 3))
+    # Fresh processes, each resuming its own share from the checkpoint.
+    resumed = launch_ppo_processes(policy, run_dir, out, TWO_PROCESS_SETTINGS, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    for rank in (0, 1):
+        ours = torch.load(out / f"rank-{rank}.pt")
+        theirs = torch.load(tmp_path / "uninterrupted-out" / f"rank-{rank}.pt")
+        assert ours["step"] == theirs["step"] == 6
+        assert ours["beta"] == theirs["beta"]
+        for name, tensor in ours["parameters"].items():
+            msg = f"process {rank}: {name}"
+            torch.testing.assert_close(tensor, theirs["parameters"][name], atol=0, rtol=0, msg=msg)
+    scores = [entry["score_mean"] for entry in read_metrics(run_dir)]
+    assert scores == [entry["score_mean"] for entry in read_metrics(tmp_path / "uninterrupted")]

@@ -3,6 +3,7 @@ under padding, the value model, background scoring, and the PPO settings."""
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from pathlib import Path
@@ -11,8 +12,13 @@ import pytest
 import torch
 from helpers import build_word_level_lm
 
-from policy_trainer.config import ConfigError, PPOConfig, build_config
-from policy_trainer.forward import position_ids_from_attention_mask, response_logprobs
+from policy_trainer.config import ConfigError, LoraOptions, PPOConfig, build_config
+from policy_trainer.forward import (
+    position_ids_from_attention_mask,
+    response_logits,
+    response_logprobs,
+)
+from policy_trainer.lora import apply_lora
 from policy_trainer.models import load_policy
 from policy_trainer.prompts import (
     PromptFileError,
@@ -43,8 +49,30 @@ def policy(word_lm: Path):
     return load_policy(word_lm)
 
 
+@pytest.fixture(scope="module")
+def gpt2(tiny_causal_lm_factory) -> Path:
+    """A tiny GPT-2: absolute position embeddings, so a misplaced position changes its output
+    (rotary positions, as in the word-level Llama, can't tell a constant shift)."""
+    return tiny_causal_lm_factory("rollout-gpt2", architecture="gpt2")
+
+
 def ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text)["input_ids"]
+
+
+def left_padded_generation(tokenizer, prompts: list[str], responses: list[str]) -> Generation:
+    """Prompts and responses as generation leaves them: prompts left-padded, each response ended
+    by EOS and padded after it."""
+    eos = tokenizer.eos_token_id
+    prompt_ids, prompt_mask = left_pad([ids(tokenizer, text) for text in prompts], eos)
+    tokens = [ids(tokenizer, text) + [eos] for text in responses]
+    length = max(len(response) for response in tokens)
+    response_ids = torch.tensor(
+        [response + [eos] * (length - len(response)) for response in tokens]
+    )
+    response_mask = torch.tensor([[1.0] * len(r) + [0.0] * (length - len(r)) for r in tokens])
+    ended = torch.ones(len(responses), dtype=torch.bool)
+    return Generation(prompt_ids, prompt_mask, response_ids, response_mask, responses, ended)
 
 
 # --- padding, EOS, decoding --------------------------------------------------------------------
@@ -131,6 +159,20 @@ def test_batched_log_probs_under_left_padding_equal_each_sequence_scored_alone(p
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 
+def test_left_padding_leaves_the_log_probs_of_a_model_with_absolute_positions_unchanged(gpt2):
+    model, tokenizer = load_policy(gpt2)
+    prompts, responses = ["One of the best films of", "A", "I loved"], [" the year", " it", " a"]
+    batch = left_padded_generation(tokenizer, prompts, responses)
+    together, _ = response_logprobs(model, batch, temperature=0.7)
+    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        alone = left_padded_generation(tokenizer, [prompt], [response])
+        expected, _ = response_logprobs(model, alone, temperature=0.7)
+        # float32 passes over batches of other shapes: a few ulps of log-probs of order 1-10.
+        length = expected.shape[1]
+        torch.testing.assert_close(together[row, :length], expected[0], atol=1e-5, rtol=0)
+        assert batch.response_mask[row, length:].eq(0).all()
+
+
 def test_log_probs_are_those_of_the_distribution_at_the_sampling_temperature(policy):
     model, tokenizer = policy
     prompt_ids, prompt_mask = left_pad([ids(tokenizer, "the movie was")], 1)
@@ -168,6 +210,130 @@ def test_the_value_head_starts_at_zero_and_gives_one_value_per_response_token(
     )
     head_only = added == policy.config.hidden_size + 1  # shared: a head; separate: a trunk too
     assert head_only == (value_model == "shared")
+
+
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_logits_and_values_are_read_where_each_response_token_is_predicted(
+    gpt2: Path, value_model: str
+):
+    """For response token t: logits / T and the value of the state before it, i.e. of the prompt
+    and the response's first t tokens alone, whatever the padding."""
+    policy, tokenizer = load_policy(gpt2)
+    module = build_policy_and_value(policy, str(gpt2), value_model)
+    head = module.value_head if value_model == "shared" else module.value_model.head
+    torch.manual_seed(0)
+    with torch.no_grad():  # a head that says something: a zero one reads 0 anywhere
+        head.linear.weight.normal_()
+        head.linear.bias.normal_()
+    generation = left_padded_generation(
+        tokenizer, ["One of the best films of", "I loved"], [" the year", " it"]
+    )
+    response_length = generation.response_ids.shape[1]
+    with torch.no_grad():
+        logits, values = module(
+            generation.input_ids, generation.attention_mask, response_length, 0.5
+        )
+        for row in range(2):
+            prompt = generation.prompt_ids[row][generation.prompt_mask[row].bool()]
+            for t in range(int(generation.response_lengths[row])):
+                # prompt + response[:t], unpadded
+                state = torch.cat([prompt, generation.response_ids[row, :t]])[None]
+                if value_model == "shared":
+                    output = policy(state, output_hidden_states=True)
+                    value = module.value_head(output.hidden_states[-1])[0, -1]
+                else:
+                    output = policy(state)
+                    value = module.value_model(state, torch.ones_like(state))[0, -1]
+                # float32 passes over other shapes: a few ulps of logits and values of order 1.
+                torch.testing.assert_close(
+                    logits[row, t], output.logits[0, -1] / 0.5, atol=1e-5, rtol=0
+                )
+                torch.testing.assert_close(values[row, t], value, atol=1e-5, rtol=0)
+
+
+# --- sampling: exactly from softmax(logits / T) ------------------------------------------------
+
+# Sampling settings a model folder's generation_config.json may hold, which generate() applies
+# unless told otherwise: Qwen2.5-Instruct ships top_k 20, top_p 0.8 and repetition_penalty 1.05;
+# the rest are other logits processors a folder can switch on.
+FOLDER_SAMPLING_SETTINGS = {
+    "do_sample": True,
+    "temperature": 1.3,
+    "top_k": 20,
+    "top_p": 0.8,
+    "repetition_penalty": 1.05,
+    "min_p": 0.05,
+    "typical_p": 0.9,
+    "no_repeat_ngram_size": 2,
+    "min_new_tokens": 3,
+    "suppress_tokens": [5, 6],
+    "bad_words_ids": [[7]],
+    "forced_eos_token_id": 2,
+    "exponential_decay_length_penalty": [2, 1.5],
+}
+
+
+def record_scores(model, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """The processed scores of each generation step of `model.generate`, the scores its tokens
+    are sampled from (softmax of them), recorded with generate()'s own `output_scores`."""
+    scores: list[torch.Tensor] = []
+    generate = model.generate
+
+    def generate_recording_scores(*args, generation_config, **kwargs):
+        recording = copy.deepcopy(generation_config)
+        recording.output_scores = recording.return_dict_in_generate = True
+        output = generate(*args, generation_config=recording, **kwargs)
+        scores.extend(output.scores)
+        return output.sequences
+
+    monkeypatch.setattr(model, "generate", generate_recording_scores)
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("folder_settings", "lora"),
+    [(None, False), (FOLDER_SAMPLING_SETTINGS, False), (FOLDER_SAMPLING_SETTINGS, True)],
+    ids=["no-settings", "folder-settings", "folder-settings-lora"],
+)
+def test_responses_are_sampled_from_the_whole_softmax_at_the_temperature_whatever_the_folder_says(
+    tiny_causal_lm_factory,
+    monkeypatch: pytest.MonkeyPatch,
+    folder_settings: dict | None,
+    lora: bool,
+):
+    """Every score a token is sampled from is logits / T, at every position of every response:
+    no logits processor from the folder, none from the library's defaults (top_k 50), also
+    under LoRA's peft wrapper; and the positions of the tokens generation adds are those the
+    scoring passes give them (a GPT-2, whose absolute positions tell)."""
+    name = "gpt2-" + ("plain" if folder_settings is None else "folder-sampling")
+    folder = tiny_causal_lm_factory(name, architecture="gpt2", generation_config=folder_settings)
+    model, tokenizer = load_policy(folder)
+    if folder_settings is not None:  # the folder does ask for them
+        assert (model.generation_config.top_k, model.generation_config.top_p) == (20, 0.8)
+    if lora:
+        model = apply_lora(model, LoraOptions(r=4, target_modules=["c_attn"]))
+    scores = record_scores(model, monkeypatch)
+    prompts = [ids(tokenizer, text) for text in ["The movie was", "A", "One of the best"]] * 2
+    torch.manual_seed(0)
+    generation = generate_responses(model, tokenizer, prompts, max_new_tokens=8, temperature=0.7)
+    if folder_settings is not None:  # set aside for the call only: the model keeps (and saves) them
+        kept = model.get_base_model() if lora else model
+        assert kept.generation_config.top_k == 20
+
+    sampled_from = torch.stack(scores, dim=1)  # (batch, response length, vocabulary)
+    assert sampled_from.shape[2] == model.config.vocab_size == 300  # more than top-k 50 keeps
+    logits, _ = response_logits(
+        model,
+        generation.input_ids,
+        generation.attention_mask,
+        generation.response_ids.shape[1],
+        temperature=0.7,
+    )
+    real = generation.response_mask.bool()  # after its EOS a row's tokens are padding
+    assert real.sum() > len(prompts)  # responses of more than one token
+    # KV-cached decoding against one pass over the whole sequence: float32 rounding of logits of
+    # order 1, divided by 0.7.
+    torch.testing.assert_close(sampled_from[real], logits[real], atol=1e-5, rtol=0)
 
 
 # --- scoring in the background -----------------------------------------------------------------
@@ -291,3 +457,11 @@ def test_unusable_settings_are_refused_naming_the_setting(tmp_path: Path):
         build_config(None, {"batch_size": 10, "num_mini_batches": 4})
     with pytest.raises(ConfigError, match="learning_rat"):
         build_config(None, {"learning_rat": 1e-5})
+
+
+@pytest.mark.parametrize("setting", [{"top_k": 50}, {"top_p": 0.9}])
+def test_ppo_refuses_top_k_and_top_p_sampling_saying_why(setting: dict):
+    # PPO's log-probs are those of the whole softmax(logits / T): it must sample from it.
+    (name,) = setting
+    with pytest.raises(ConfigError, match=f"{name}: .* truncated distribution.*whole softmax"):
+        build_config(None, setting)

@@ -12,13 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PPO_TARGET_WORD, PPO_TASK_SETTINGS, REPO_ROOT, free_port
+from helpers import (
+    PPO_PROMPTS,
+    PPO_TARGET_WORD,
+    PPO_TASK_SETTINGS,
+    REPO_ROOT,
+    build_word_level_lm,
+    free_port,
+)
+from ppo_process import launch_ppo_processes, says_the_target_word
 
 from policy_trainer.checkpoint import latest_checkpoint, load_rng_state, load_state
 from policy_trainer.config import LoraOptions, PPOConfig
 from policy_trainer.forward import response_logprobs
 from policy_trainer.models import load_policy
-from policy_trainer.prompts import encode_prompts, read_prompts
+from policy_trainer.prompts import PromptRecord, encode_prompts, read_prompts
 from policy_trainer.rollout import RemoteReward, generate_responses
 from policy_trainer.run_log import read_jsonl, read_metrics
 from policy_trainer.trainer import PPOTrainer
@@ -63,6 +71,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def word_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_word_level_lm(tmp_path_factory.mktemp("in-process") / "policy")
+
+
+def in_process_trainer(policy: Path, run_dir: Path, **settings) -> PPOTrainer:
+    """A trainer of the task's policy scored in-process (no reward service), for one step."""
+    config = PPOConfig(
+        **{**PPO_TASK_SETTINGS, "checkpoint_every": 0, "samples_per_log": 0, **settings}
+    )
+    return PPOTrainer(
+        config,
+        policy_source=policy,
+        prompts=[PromptRecord(text=prompt) for prompt in PPO_PROMPTS],
+        score=says_the_target_word,
+        run_dir=run_dir,
+    )
 
 
 def mean(values: list[float]) -> float:
@@ -263,3 +290,83 @@ def test_the_optional_settings_shape_scores_adapt_beta_and_accumulate_gradients(
     assert metrics[1]["beta"] == pytest.approx(0.2 * (1 - 0.2 * 32 / 10_000), rel=1e-12)
     state = load_state(latest_checkpoint(tmp_path / "run"))
     assert state["score_moments"]["count"] == 3 * 32  # every score seen feeds the scaling
+
+
+def test_at_a_temperature_step_one_has_no_kl_and_its_update_starts_from_the_rollout_policy(
+    word_lm: Path, tmp_path: Path, one_torch_thread
+):
+    """Rollout, reference and update passes divide the logits by the same temperature: step 1
+    samples from the reference itself (KL 0), and its one update starts where the rollout left
+    the policy (ratio 1: approx KL 0, nothing clipped)."""
+    settings = {"temperature": 0.5, "batch_size": 8, "num_mini_batches": 1, "ppo_epochs": 1}
+    trainer = in_process_trainer(word_lm, tmp_path / "run", **settings)
+    try:
+        metrics = trainer.ppo_step(1)
+    finally:
+        trainer.scorer.close()
+    assert metrics["kl"] == 0.0  # policy and reference: the same weights, the same passes
+    # The update's pass and the rollout's differ only by float32 rounding (log-probs ~1e-7
+    # apart): approx KL, half their squared difference, is ~1e-14 where they agree.
+    assert metrics["approx_kl"] < 1e-10
+    assert metrics["policy_clip_fraction"] == 0.0
+
+
+def test_two_half_micro_batches_make_the_update_of_one_whole_minibatch(
+    word_lm: Path, tmp_path: Path, one_torch_thread
+):
+    """Gradient accumulation sums each micro-batch's share of the minibatch's token mean, and
+    the optimiser steps once per minibatch, not per micro-batch. Responses of several lengths
+    (up to 16 tokens, most ending earlier) give micro-batches of unequal token counts, where a
+    plain mean of micro-batch means would weigh tokens unequally."""
+    runs = {}
+    for accumulation in (1, 2):
+        trainer = in_process_trainer(
+            word_lm, tmp_path / f"accumulate-{accumulation}", batch_size=8, num_mini_batches=2,
+            ppo_epochs=1, gradient_accumulation_steps=accumulation, max_new_tokens=16,
+        )  # fmt: skip
+        trained = [p for p in trainer.module.parameters() if p.requires_grad]
+        gradients: list[list[torch.Tensor]] = []  # at each optimiser step
+
+        def record(optimizer, args, kwargs, trained=trained, gradients=gradients) -> None:
+            gradients.append([torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                              for p in trained])  # fmt: skip
+
+        trainer.optimizer.optimizer.register_step_pre_hook(record)
+        try:
+            metrics = trainer.ppo_step(1)
+        finally:
+            trainer.scorer.close()
+        assert 0 < metrics["eos_fraction"] < 1  # some responses end early, some run to the limit
+        runs[accumulation] = gradients, [p.detach().clone() for p in trained]
+
+    (whole, whole_parameters), (halves, half_parameters) = runs[1], runs[2]
+    assert len(whole) == len(halves) == 2  # two minibatches, one optimiser step each
+    # The same sums in another order: float32 rounding, far below 1e-6 for values of order 1.
+    for step_whole, step_halves in zip(whole, halves, strict=True):
+        for gradient_whole, gradient_halves in zip(step_whole, step_halves, strict=True):
+            torch.testing.assert_close(gradient_halves, gradient_whole, atol=1e-6, rtol=0)
+    for parameter_whole, parameter_halves in zip(whole_parameters, half_parameters, strict=True):
+        torch.testing.assert_close(parameter_halves, parameter_whole, atol=1e-6, rtol=0)
+
+
+def test_two_processes_end_with_the_same_parameters_and_kl_coefficient(
+    word_lm: Path, tmp_path: Path
+):
+    """DDP averages the gradients, so both processes take the same steps; the adaptive KL
+    controller follows the KL of the whole batch (both processes' rollouts), so both hold the
+    same beta. A target near the KL this run reaches keeps its error inside the controller's clip,
+    where each process's own KL would move beta differently."""
+    settings = {"steps": 4, "batch_size": 8, "num_mini_batches": 2, "checkpoint_every": 0,
+                "kl_controller": "adaptive", "kl_target": 0.5, "kl_horizon": 100}  # fmt: skip
+    result = launch_ppo_processes(word_lm, tmp_path / "run", tmp_path / "out", settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (torch.load(tmp_path / "out" / f"rank-{rank}.pt") for rank in (0, 1))
+    assert first["step"] == second["step"] == 4
+    assert first["beta"] == second["beta"] != 0.2  # identical, and moved by the controller
+    assert first["parameters"].keys() == second["parameters"].keys()
+    # Bit for bit: the same averaged gradient goes through the same optimiser arithmetic.
+    for name, parameter in first["parameters"].items():
+        torch.testing.assert_close(second["parameters"][name], parameter, atol=0, rtol=0, msg=name)
+    initial, _ = load_policy(word_lm)
+    moved = first["parameters"]["policy.model.embed_tokens.weight"]
+    assert not torch.equal(moved, initial.model.embed_tokens.weight)  # training did happen

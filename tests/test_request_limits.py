@@ -12,7 +12,7 @@ import socket
 import grpc
 import httpx
 import pytest
-from helpers import REPO_ROOT, positive_logits
+from helpers import HTTP_TIMEOUT_S, REPO_ROOT, positive_logits
 
 from reward_service.engine.limits import BatchingConfig
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
@@ -54,12 +54,12 @@ def stub(server):
 
 
 def post_score(server, body: dict) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/score", json=body, timeout=30)
+    return httpx.post(f"{server.url}/v1/score", json=body, timeout=HTTP_TIMEOUT_S)
 
 
 def grpc_failure(call, request) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as failure:
-        call(request, timeout=30)
+        call(request, timeout=HTTP_TIMEOUT_S)
     return failure.value
 
 
@@ -76,7 +76,7 @@ def assert_still_serving(server, folder) -> None:
 
 def test_a_body_declared_over_the_limit_gets_413_before_a_byte_of_it_is_read(server, folder):
     # 10 GB announced and none sent: a server that read the body first would never answer.
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=HTTP_TIMEOUT_S) as connection:
         connection.sendall(
             b"POST /v1/score HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             b"Content-Length: 10000000000\r\n\r\n"
@@ -105,7 +105,7 @@ def test_a_chunked_body_over_the_limit_gets_413(server, folder):
         f"{server.url}/v1/score",
         content=chunks(),
         headers={"content-type": "application/json"},
-        timeout=30,
+        timeout=HTTP_TIMEOUT_S,
     )
 
     assert response.status_code == 413
@@ -125,7 +125,7 @@ def test_a_chunked_body_under_the_limit_is_scored_as_sent(server, folder):
         f"{server.url}/v1/score",
         content=chunks(),
         headers={"content-type": "application/json"},
-        timeout=30,
+        timeout=HTTP_TIMEOUT_S,
     )
 
     assert response.status_code == 200, response.text
@@ -138,6 +138,7 @@ def test_a_body_that_is_not_utf8_json_is_invalid_request_in_the_api_error_format
         f"{server.url}/v1/score",
         content=b'{"texts": ["\xff\xfe"]}',
         headers={"content-type": "application/json"},
+        timeout=HTTP_TIMEOUT_S,
     )
 
     assert response.status_code == 422
@@ -147,7 +148,7 @@ def test_a_body_that_is_not_utf8_json_is_invalid_request_in_the_api_error_format
 
 
 def test_an_unknown_route_answers_in_the_api_error_format(server):
-    response = httpx.get(f"{server.url}/v1/nothing-here")
+    response = httpx.get(f"{server.url}/v1/nothing-here", timeout=HTTP_TIMEOUT_S)
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found"
 
@@ -170,7 +171,9 @@ def test_too_many_items_is_413_on_rest_and_invalid_argument_on_grpc(server, stub
 
 
 def test_openrlhf_route_has_the_same_item_limit(server):
-    response = httpx.post(f"{server.url}/get_reward", json={"query": ["q"] * (MAX_ITEMS + 1)})
+    response = httpx.post(
+        f"{server.url}/get_reward", json={"query": ["q"] * (MAX_ITEMS + 1)}, timeout=HTTP_TIMEOUT_S
+    )
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "too_many_items"
 
@@ -203,7 +206,9 @@ def test_an_item_over_the_character_limit_is_refused_not_truncated(server, stub,
 def test_an_item_of_exactly_the_character_limit_is_scored(server, stub):
     texts = ["y" * MAX_CHARS]
     assert post_score(server, {"texts": texts}).status_code == 200
-    assert len(stub.Score(reward_pb2.ScoreRequest(texts=texts), timeout=30).rewards) == 1
+    assert (
+        len(stub.Score(reward_pb2.ScoreRequest(texts=texts), timeout=HTTP_TIMEOUT_S).rewards) == 1
+    )
 
 
 # -- gRPC message size ----------------------------------------------------------------------------
@@ -216,7 +221,10 @@ def test_a_grpc_message_over_the_limit_is_resource_exhausted(server, stub, folde
 
     assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert str(GRPC_MAX_MESSAGE_BYTES) in failure.details()
-    assert len(stub.Score(reward_pb2.ScoreRequest(texts=["fits"]), timeout=30).rewards) == 1
+    assert (
+        len(stub.Score(reward_pb2.ScoreRequest(texts=["fits"]), timeout=HTTP_TIMEOUT_S).rewards)
+        == 1
+    )
 
 
 # -- documented defaults ------------------------------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 
 import httpx
 import numpy as np
 import pytest
 import torch
+from helpers import HTTP_TIMEOUT_S, metric, wait_for
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 TOXIC_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -149,7 +149,7 @@ def server(server_factory, case_folders):
 
 
 def score(server, **body) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/score", json=body, timeout=30)
+    return httpx.post(f"{server.url}/v1/score", json=body, timeout=HTTP_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -189,7 +189,8 @@ def test_the_first_model_is_used_when_a_request_names_none(server, case_folders)
 
 
 def test_models_endpoint_describes_each_model(server):
-    models = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+    listed = httpx.get(f"{server.url}/v1/models", timeout=HTTP_TIMEOUT_S).json()["models"]
+    models = {m["name"]: m for m in listed}
     assert list(models) == list(CASES)
     toxicity = models["toxicity"]
     assert toxicity["labels"] == TOXIC_LABELS
@@ -201,11 +202,14 @@ def test_models_endpoint_describes_each_model(server):
 
 
 def test_health_probes_report_live_and_ready_and_the_openapi_docs_include_v1_score(server):
-    assert httpx.get(f"{server.url}/health/live").json() == {"status": "live"}
-    ready = httpx.get(f"{server.url}/health/ready")
+    def get(route: str) -> httpx.Response:
+        return httpx.get(f"{server.url}{route}", timeout=HTTP_TIMEOUT_S)
+
+    assert get("/health/live").json() == {"status": "live"}
+    ready = get("/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    assert httpx.get(f"{server.url}/docs").status_code == 200
-    schema = httpx.get(f"{server.url}/openapi.json").json()
+    assert get("/docs").status_code == 200
+    schema = get("/openapi.json").json()
     assert "/v1/score" in schema["paths"]
 
 
@@ -218,7 +222,7 @@ def test_order_is_kept_under_64_concurrent_clients_with_mixed_lengths(server, ca
     requests = [rng.sample(pool, rng.randint(1, 12)) for _ in range(64 * 3)]
 
     async def client(batches):
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=HTTP_TIMEOUT_S) as http:
             results = []
             for texts in batches:
                 response = await http.post("/v1/score", json={"model": "sentiment", "texts": texts})
@@ -236,27 +240,28 @@ def test_order_is_kept_under_64_concurrent_clients_with_mixed_lengths(server, ca
             )
 
 
-def metric_total(metrics_text: str, name: str, model: str) -> float:
-    match = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', metrics_text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def test_concurrent_single_text_requests_share_batches(server):
-    before = httpx.get(f"{server.url}/metrics").text
+def test_concurrent_single_text_requests_share_batches(server_factory, case_folders):
+    # The test holds the model's forward pass on the first request while the others queue.
+    held = server_factory(["--model", f"hate={case_folders['hate']}"], gated=True)
+    payloads = [{"texts": [f"text number {i} " * 20]} for i in range(64)]
 
     async def burst():
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
-            payloads = [{"model": "hate", "texts": [f"text number {i} " * 20]} for i in range(64)]
-            return await asyncio.gather(*(http.post("/v1/score", json=p) for p in payloads))
+        async with httpx.AsyncClient(base_url=held.url, timeout=HTTP_TIMEOUT_S) as http:
+            held.gate.hold_forward()
+            first = asyncio.ensure_future(http.post("/v1/score", json=payloads[0]))
+            await asyncio.to_thread(held.gate.wait_until_held)
+            others = [asyncio.ensure_future(http.post("/v1/score", json=p)) for p in payloads[1:]]
+            await asyncio.to_thread(
+                wait_for,
+                lambda: metric(held, "reward_queue_depth", model="hate") == 63,
+                "the other 63 requests to queue",
+            )
+            held.gate.open_forward()
+            return await asyncio.gather(first, *others)
 
     assert all(r.status_code == 200 for r in asyncio.run(burst()))
-    after = httpx.get(f"{server.url}/metrics").text
-    items = metric_total(after, "reward_batch_size_sum", "hate") - metric_total(
-        before, "reward_batch_size_sum", "hate"
-    )
-    batches = metric_total(after, "reward_batch_size_count", "hate") - metric_total(
-        before, "reward_batch_size_count", "hate"
-    )
+    items = metric(held, "reward_batch_size_sum", model="hate")
+    batches = metric(held, "reward_batch_size_count", model="hate")
     assert items == 64
     assert batches < 64, "every request ran in a batch of its own"
 
@@ -289,7 +294,10 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
 ):
     if isinstance(body, bytes):
         response = httpx.post(
-            f"{server.url}/v1/score", content=body, headers={"content-type": "application/json"}
+            f"{server.url}/v1/score",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=HTTP_TIMEOUT_S,
         )
     else:
         response = score(server, **body)
@@ -320,25 +328,35 @@ def test_a_full_queue_answers_429_with_retry_after_and_loses_nothing_admitted(
             "--max-queue-items=4",
             "--max-items-per-request=4",
             "--max-batch-size=1",
-        ]
+        ],
+        gated=True,
     )
     texts = [f"review {i} " * 30 for i in range(4)]
     expected = in_process_logits(folder, texts=texts)[:, 1]
 
     async def burst():
-        async with httpx.AsyncClient(base_url=tiny_queue.url, timeout=60) as http:
-            return await asyncio.gather(
-                *(http.post("/v1/score", json={"texts": texts}) for _ in range(32))
+        # The first request fills the queue, and the test holds its first forward pass until
+        # the other 31 have been answered.
+        async with httpx.AsyncClient(base_url=tiny_queue.url, timeout=HTTP_TIMEOUT_S) as http:
+            tiny_queue.gate.hold_forward()
+            admitted = asyncio.ensure_future(http.post("/v1/score", json={"texts": texts}))
+            await asyncio.to_thread(tiny_queue.gate.wait_until_held)
+            refused = await asyncio.gather(
+                *(http.post("/v1/score", json={"texts": texts}) for _ in range(31))
             )
+            tiny_queue.gate.open_forward()
+            return [await admitted, *refused]
 
     responses = asyncio.run(burst())
     statuses = [r.status_code for r in responses]
-    assert 429 in statuses and 200 in statuses
-    assert set(statuses) <= {200, 429}
+    assert statuses == [200] + [429] * 31
     for response in responses:
         if response.status_code == 429:
             assert int(response.headers["retry-after"]) >= 1
             assert response.json()["error"]["type"] == "queue_full"
         else:
             np.testing.assert_allclose(response.json()["rewards"], expected, atol=1e-5)
-    assert httpx.post(f"{tiny_queue.url}/v1/score", json={"texts": ["after"]}).status_code == 200
+    after = httpx.post(
+        f"{tiny_queue.url}/v1/score", json={"texts": ["after"]}, timeout=HTTP_TIMEOUT_S
+    )
+    assert after.status_code == 200

@@ -54,7 +54,7 @@ class AsyncRewardClient(BaseRewardClient):
                 rewards = await asyncio.wait_for(asyncio.gather(*tasks), timeout_s)
         except DeadlineExceeded:
             raise
-        except asyncio.TimeoutError:  # wait_for's: the deadline passed mid-request
+        except TimeoutError:  # wait_for's: the deadline passed mid-request
             raise call.deadline_exceeded() from None
         finally:
             for task in tasks:

@@ -84,7 +84,7 @@ class Engine:
         """Whether every accepted request was answered within `timeout_s`."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        except TimeoutError:
             return False
         return True
 

@@ -13,7 +13,7 @@ import logging
 import random
 import shutil
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -252,7 +252,7 @@ def _metadata(
 
     return {
         "source": str(folder.resolve()),
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "opset": opset,
         "quantization": quantize,
         "int8_recipe": recipe,

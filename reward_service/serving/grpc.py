@@ -111,9 +111,11 @@ def model_info_to_proto(info: ModelInfo) -> reward_pb2.ModelInfo:
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
-    """The caller's deadline on the engine's clock (time.monotonic()), or None without one."""
+    """The caller's deadline on the engine's clock (time.monotonic()), or None without one. The
+    clock is read first, so that the deadline is never later than the caller's."""
+    now = time.monotonic()
     remaining_s = context.time_remaining()
-    return None if remaining_s is None else time.monotonic() + remaining_s
+    return None if remaining_s is None else now + remaining_s
 
 
 def _passed(deadline: float | None) -> bool:
