@@ -162,9 +162,16 @@ def build_tiny_causal_lm(
     if architecture == "gpt2":
         model = GPT2LMHeadModel(
             GPT2Config(
-                vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special,
-            )  # fmt: skip
+                vocab_size=len(tokenizer),
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=256,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                **special,
+            )
         )
     else:
         model = LlamaForCausalLM(
