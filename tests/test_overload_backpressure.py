@@ -37,10 +37,10 @@ GRPC_SHARE = 4  # one request in four goes over gRPC
 # admits 64 items (a few KiB of token ids); 256 REST connections with their buffers and parsed
 # requests (about 64 KiB each) are 16 MiB; gRPC calls waiting to be refused take about 11 KiB each
 # (measured: 10,000 waiting calls added 114 MiB), 2,000 of them 22 MiB; the rest is allocator
-# slack. Measured here: 30 MiB for a burst of 8,300 requests.
+# slack. Measured here (the kernel's high-water mark): 34 MiB for bursts of 3,600 to 4,600.
 MAX_BURST_GROWTH_MIB = 64
 # Bursts after the first (which also warms allocator pools) may not raise the peak by more than
-# allocator noise (measured: under 10 MiB): keeping even 2 KiB per request of an 8,000-request
+# allocator noise (measured: 7 to 10 MiB): keeping even 2 KiB per request of an 8,000-request
 # burst would add 16 MiB per burst.
 MAX_REPEAT_GROWTH_MIB = 16
 BURSTS = 3
