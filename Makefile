@@ -24,9 +24,29 @@ STAMP := $(VENV)/.installed
 # gRPC stubs: generated from the proto at set-up, never committed (see docs/serving.md, gRPC).
 GRPC_STUBS := reward_service/grpc_gen/reward_pb2.py
 
-.PHONY: setup serve test demo lint bench clean
+# The browser tests drive Debian's headless Chromium through its chromedriver; the PostgreSQL
+# tests start a throwaway cluster with its initdb. Installed at set-up where we can (root with
+# apt-get); elsewhere set-up says what to install, and those tests skip (.ci/run makes them fail).
+SYSTEM_PACKAGES := chromium chromium-driver postgresql
 
-setup: $(STAMP) $(GRPC_STUBS)
+.PHONY: setup system-packages serve test demo lint bench clean
+
+setup: system-packages $(STAMP) $(GRPC_STUBS)
+
+system-packages:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null \
+			|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+				$(SYSTEM_PACKAGES) >/dev/null; } \
+			|| echo "could not install $(SYSTEM_PACKAGES): the browser and PostgreSQL tests skip"; \
+	else \
+		echo "the browser and PostgreSQL tests need Debian's $(SYSTEM_PACKAGES) (as root:" \
+			"apt-get install --no-install-recommends $(SYSTEM_PACKAGES)); without them they skip"; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)

@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("policy_trainer.commands.ppo", "train a policy with PPO against a remote reward"),
     "sft": ("policy_trainer.commands.sft", "supervised fine-tuning on demonstrations"),
     "evaluate": ("policy_trainer.commands.evaluate", "score a policy on held-out prompts"),
+    "sample": (
+        "policy_trainer.commands.sample",
+        "K completions per prompt, sampled as PPO samples, for people to rank",
+    ),
     "demo": (
         "policy_trainer.commands.demo",
         "the whole RLHF process on real models: reward model, SFT, PPO, before/after table",

@@ -317,6 +317,37 @@ class EvaluationSettings(BaseModel):
     seed: int = Field(0, description="Seed of the sampling.")
 
 
+class SampleOptions(BaseModel):
+    """`policy-trainer sample`: K completions per prompt for people to rank, drawn as PPO draws
+    them (the whole softmax at PPO's temperature, up to PPO's response length)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="sampling settings")
+
+    k: int = Field(
+        4, ge=2, le=9, description="Completions per prompt (2 to 9, as a ranking campaign takes)."
+    )
+    temperature: float = Field(
+        PPOConfig.model_fields["temperature"].default,
+        gt=0,
+        description="Sampling temperature, PPOConfig's by default.",
+    )
+    max_new_tokens: int = Field(
+        PPOConfig.model_fields["max_new_tokens"].default,
+        ge=1,
+        description="Response length limit, PPOConfig's by default.",
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Longer prompts keep their last this many tokens, as in PPO."
+    )
+    seed: int = Field(0, description="Seed of the sampling: the same seed, the same file.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Prompts per generation batch (each with its K completions); part of what "
+        "the seed reproduces.",
+    )
+
+
 class DemoOptions(BaseModel):
     """`policy-trainer demo`: the whole RLHF process on the default models."""
 

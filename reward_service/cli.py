@@ -15,6 +15,7 @@ from reward_service.client.errors import RewardClientError
 from reward_service.engine.schemas import ScoreRequest, ScoreResponse
 from reward_service.errors import MappingError, RewardServiceError, describe_validation_errors
 from reward_service.export.onnx import add_export_parser, run_export
+from reward_service.feedback import cli as feedback_cli
 from reward_service.flags import add_settings_arguments, settings_overrides
 from reward_service.model.inputs import format_inputs
 from reward_service.model.loading import load_model
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(score)
     training_cli.add_commands(commands)
     add_export_parser(commands)
+    feedback_cli.add_commands(commands)
     return parser
 
 
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             return training_cli.run(args)
         if args.command == "export":
             return run_export(args)
+        if args.command == feedback_cli.COMMAND:
+            return feedback_cli.run(args)
     except (RewardServiceError, MappingError, RewardClientError) as error:
         print(f"reward-service: error: {error}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from helpers import (
     start_server,
     train_word_classifier,
 )
+from postgres_server import postgres_for_tests
 
 # No hub at test time: a hub id must fail fast with a clear message instead of trying a network.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -83,6 +84,16 @@ def ppo_task(tmp_path_factory: pytest.TempPathFactory) -> PPOTask:
     prompts.write_text("".join(json.dumps({"prompt": prompt}) + "\n" for prompt in PPO_PROMPTS))
     policy, classifier = build_word_level_lm(root / "policy"), train_word_classifier(root / "rm")
     return PPOTask(policy, classifier, prompts)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One throwaway PostgreSQL cluster for the whole session (starting one takes seconds): the
+    URL of its first database. A test that needs a database of its own makes one on this server
+    with ``postgres_server.create_database``. Skips without PostgreSQL (fails with
+    REQUIRE_POSTGRES=1)."""
+    with postgres_for_tests(skip=pytest.skip, fail=pytest.fail) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -74,13 +74,14 @@ def test_a_named_format_is_used_instead_of_detection(tmp_path):
     assert read_records(path, "labels").records == [Labelled("", "t", 1)]
 
 
-def test_a_ranking_that_is_not_a_permutation_names_its_line(tmp_path):
+def test_a_ranking_that_is_not_a_ranking_names_its_line(tmp_path):
+    # Ties are allowed ([1, 1, 3], or dense [1, 1, 2]); [1, 3, 3] skips a rank no tie explains.
     path = jsonl(
         tmp_path,
         {"completions": ["a", "b"], "ranking": [1, 2]},
-        {"completions": ["a", "b", "c"], "ranking": [1, 1, 2]},
+        {"completions": ["a", "b", "c"], "ranking": [1, 3, 3]},
     )
-    with pytest.raises(DataError, match=r":2 .*ranking \[1, 1, 2\] is not a permutation of 1..3"):
+    with pytest.raises(DataError, match=r":2 .*ranking \[1, 3, 3\] is not a ranking of 3"):
         read_records(path)
 
 

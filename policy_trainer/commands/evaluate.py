@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from policy_trainer.commands.reward_flags import add_reward_arguments
 from policy_trainer.config import EvaluationSettings, settings_from_args
 from reward_service.flags import add_settings_arguments
 
@@ -35,20 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a policy to measure KL(policy || reference) against, e.g. the one PPO started from",
     )
-    parser.add_argument("--reward-model", default=None, help="served model name; default: first")
-    parser.add_argument(
-        "--reward-inputs",
-        choices=["pairs", "text"],
-        default="pairs",
-        help="pairs: send prompt and completion apart (the server joins them); text: as one text",
-    )
-    parser.add_argument(
-        "--reward-max-wait-s",
-        type=float,
-        default=120.0,
-        help="give up on a batch's scoring, retries included, after this many seconds "
-        "(default %(default)s)",
-    )
+    add_reward_arguments(parser)
     parser.add_argument(
         "--output",
         type=Path,

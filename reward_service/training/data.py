@@ -4,15 +4,21 @@
 format      one line                                                                     detected by
 ==========  ===========================================================================  =========
 rankings    ``{"prompt": P, "completions": [A, B, C], "ranking": [1, 3, 2]}``            ``ranking``
-pairs       ``{"prompt": P, "chosen": A, "rejected": B}``                                ``chosen``
+pairs       ``{"prompt": P, "chosen": A, "rejected": B, "margin": 0.5}``                 ``chosen``
 labels      ``{"text": T, "label": 1}`` or ``{"prompt": P, "completion": C, "label": 0}``  ``label``
 scores      ``{"text": T, "score": 2.3, "ratings": [3, 2, 2]}`` (``ratings`` optional)   ``score``
 ==========  ===========================================================================  =========
 
 ``ranking[i]`` is the rank labellers gave ``completions[i]``, 1 = best, so ``[1, 3, 2]`` says A is
-best and B worst. ``prompt`` is optional everywhere (empty when absent). The format is detected from
-the first record (or named by the caller) and every line must then follow it; any problem is a
-:class:`DataError` naming the file and line.
+best and B worst. Ties are equal ranks, in "standard competition" form (``[1, 1, 3]``: A and B tie
+for best, C is third); a "dense" tie ranking (``[1, 1, 2]``) is read as the same and normalised to
+competition form, which is what a :class:`Ranking` always holds. A pairs line's optional
+``margin`` (how much better ``chosen`` is, e.g. 0, 1/3, 2/3 or 1 as Llama 2 grades it) is kept
+and, where a file has margins, trained on (see ``training.train``). ``prompt`` is optional
+everywhere (empty when absent). Other fields are ignored: the rater, criterion, confidence, ties,
+time_spent_ms, flags, comment and item_id that `reward-service feedback export` writes, for one.
+The format is detected from the first record (or named by the caller) and every line must then
+follow it; any problem is a :class:`DataError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ class Ranking:
 
     prompt: str
     completions: tuple[str, ...]
-    ranks: tuple[int, ...]  # ranks[i] is the rank of completions[i]; 1 = best
+    # ranks[i] is the rank of completions[i]; 1 = best; ties in standard competition form
+    ranks: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class Pair:
     prompt: str
     chosen: str
     rejected: str
+    margin: float | None = None  # how much better chosen is (TRL's RewardTrainer "margin")
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ def read_records(path: Path | str, format: Format | None = None) -> RecordFile:
         raise DataError(f"unknown data format {format!r}; known: {', '.join(FORMATS)}")
     records: list[Record] = []
     detected_on = 0
-    for line_number, content in _json_lines(path):
+    for line_number, content in json_lines(path):
         if format is None:
             format = detect_format(content, where=f"{path}:{line_number}")
             detected_on = line_number
@@ -125,27 +133,34 @@ def parse_record(content: dict[str, Any], format: Format, *, where: str) -> Reco
     prompt = _optional_text(content, "prompt", where)
     if format == "rankings":
         completions = _text_list(content, "completions", where)
-        ranks = _rank_list(content, "ranking", where)
-        _check_ranking(completions, ranks, where)
+        ranks = _competition_ranks(completions, _rank_list(content, "ranking", where), where)
         return Ranking(prompt, tuple(completions), tuple(ranks))
     if format == "pairs":
-        return Pair(prompt, _text(content, "chosen", where), _text(content, "rejected", where))
+        margin = content.get("margin")
+        return Pair(
+            prompt,
+            text_field(content, "chosen", where),
+            text_field(content, "rejected", where),
+            None if margin is None else finite_number(margin, "margin", where),
+        )
     completion = _completion(content, where)
     if format == "labels":
         label = _field(content, "label", where)
         if label not in (0, 1) or isinstance(label, float):
             raise DataError(f"{where}: label must be 0 or 1, got {label!r}")
         return Labelled(prompt, completion, int(label))
-    score = _number(_field(content, "score", where), "score", where)
+    score = finite_number(_field(content, "score", where), "score", where)
     ratings = content.get("ratings")
     if ratings is not None:
         if not isinstance(ratings, list) or not ratings:
             raise DataError(f"{where}: ratings must be a non-empty list of numbers")
-        ratings = tuple(_number(value, "ratings", where) for value in ratings)
+        ratings = tuple(finite_number(value, "ratings", where) for value in ratings)
     return Scored(prompt, completion, score, ratings)
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file; a DataError naming
+    ``file:line`` for a line that is not a JSON object, or a file that can't be read."""
     try:
         handle = path.open(encoding="utf-8")
     except OSError as error:
@@ -175,7 +190,8 @@ def _field(content: dict[str, Any], name: str, where: str) -> Any:
     return content[name]
 
 
-def _text(content: dict[str, Any], name: str, where: str) -> str:
+def text_field(content: dict[str, Any], name: str, where: str) -> str:
+    """``content[name]``, a string, or a DataError naming ``where``."""
     value = _field(content, name, where)
     if not isinstance(value, str):
         raise DataError(f"{where}: '{name}' must be a string, got {type(value).__name__}")
@@ -183,14 +199,14 @@ def _text(content: dict[str, Any], name: str, where: str) -> str:
 
 
 def _optional_text(content: dict[str, Any], name: str, where: str) -> str:
-    return _text(content, name, where) if content.get(name) is not None else ""
+    return text_field(content, name, where) if content.get(name) is not None else ""
 
 
 def _completion(content: dict[str, Any], where: str) -> str:
     if "text" in content:
-        return _text(content, "text", where)
+        return text_field(content, "text", where)
     if "completion" in content:
-        return _text(content, "completion", where)
+        return text_field(content, "completion", where)
     raise DataError(f"{where}: missing field 'text' (or 'completion')")
 
 
@@ -210,21 +226,34 @@ def _rank_list(content: dict[str, Any], name: str, where: str) -> list[int]:
     return value
 
 
-def _check_ranking(completions: list[str], ranks: list[int], where: str) -> None:
+def _competition_ranks(completions: list[str], ranks: list[int], where: str) -> list[int]:
+    """``ranks`` checked, in standard competition form: as given if they are (``[1, 1, 3]``),
+    normalised if they are dense (``[1, 1, 2]`` -> ``[1, 1, 3]``); anything else is refused."""
     if len(completions) < 2:
         raise DataError(f"{where}: a ranking needs at least 2 completions, got {len(completions)}")
     if len(ranks) != len(completions):
         raise DataError(
             f"{where}: {len(completions)} completions but {len(ranks)} ranks in 'ranking'"
         )
-    if sorted(ranks) != list(range(1, len(ranks) + 1)):
+    competition = competition_ranks(ranks)
+    is_dense = sorted(set(ranks)) == list(range(1, len(set(ranks)) + 1))
+    if ranks != competition and not is_dense:
         raise DataError(
-            f"{where}: ranking {ranks} is not a permutation of 1..{len(ranks)} "
-            f"(each completion gets a distinct rank, 1 = best)"
+            f"{where}: ranking {ranks} is not a ranking of {len(ranks)} completions: give each "
+            "its rank, 1 = best; tied completions share a rank and the next rank skips as many "
+            f"(standard competition, e.g. [1, 1, 3]), or counts on (dense, e.g. [1, 1, 2])"
         )
+    return competition
 
 
-def _number(value: Any, name: str, where: str) -> float:
+def competition_ranks(ranks: list[int] | tuple[int, ...]) -> list[int]:
+    """Each rank as 1 + the number of completions ranked strictly better: standard competition
+    form ("1224"), whatever numbers ordered them."""
+    return [1 + sum(other < rank for other in ranks) for rank in ranks]
+
+
+def finite_number(value: Any, name: str, where: str) -> float:
+    """``value`` as a float, if it is a finite number, or a DataError naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise DataError(f"{where}: '{name}' must be a finite number, got {value!r}")
     return float(value)
@@ -243,6 +272,8 @@ def _as_json(record: Record) -> dict[str, Any]:
         content.update(completions=list(record.completions), ranking=list(record.ranks))
     elif isinstance(record, Pair):
         content.update(chosen=record.chosen, rejected=record.rejected)
+        if record.margin is not None:
+            content["margin"] = record.margin
     elif isinstance(record, Labelled):
         content.update(text=record.completion, label=record.label)
     else:

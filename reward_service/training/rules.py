@@ -4,6 +4,14 @@ The binary recipe (a 2-label classifier, as in the seed's process): the best-ran
 each ranking is a positive (1) example and the worst-ranked a negative (0); ``middle`` decides the
 ranks in between. The pairwise recipe (InstructGPT, TRL's RewardTrainer): a ranking of K
 completions is every one of its K*(K-1)/2 (chosen, rejected) pairs.
+
+Ties (equal ranks, standard competition form: ``[1, 1, 3]``) say neither completion is better:
+- pairwise: a tied pair gives no pair; every pair of completions with different ranks gives one;
+- binary: the whole best group (rank 1) is positive and the whole worst group (the largest rank)
+  negative; a ranking that is all one tie, best and worst at once, gives no example at all; the
+  groups in between follow ``middle``, ``split`` placing a tied group by the mean of the places
+  it spans (``[1, 2, 2, 4]``: the two at places 2 and 3 sit at 2.5, the exact middle of four,
+  and are left out).
 """
 
 from __future__ import annotations
@@ -19,26 +27,33 @@ MIDDLE_RANKS: tuple[MiddleRanks, ...] = ("drop", "positive", "negative", "split"
 
 
 def ranking_to_labels(ranking: Ranking, middle: MiddleRanks = "drop") -> list[Labelled]:
-    """Rank 1 -> label 1, rank K -> label 0; ranks in between by ``middle``:
+    """Rank 1 -> label 1, the worst rank -> label 0; ranks in between by ``middle``:
 
     - ``drop``: left out (the default: only the clearest judgements become labels);
     - ``positive`` / ``negative``: all labelled 1 / 0;
     - ``split``: the better half 1, the worse half 0, the exact middle of an odd K left out.
 
-    Examples come out in completion order.
+    Tied completions share their label (see the module's rule for ties); a ranking that is one
+    tie gives none. Examples come out in completion order.
     """
     if middle not in MIDDLE_RANKS:
         raise ValueError(f"middle must be one of {', '.join(MIDDLE_RANKS)}, got {middle!r}")
-    worst = len(ranking.ranks)
+    ranks = ranking.ranks
     examples = []
-    for completion, rank in zip(ranking.completions, ranking.ranks, strict=True):
-        label = _label_for_rank(rank, worst, middle)
+    for completion, rank in zip(ranking.completions, ranks, strict=True):
+        label = _label_for_rank(rank, ranks.count(rank), max(ranks), len(ranks), middle)
         if label is not None:
             examples.append(Labelled(ranking.prompt, completion, label))
     return examples
 
 
-def _label_for_rank(rank: int, worst: int, middle: MiddleRanks) -> int | None:
+def _label_for_rank(
+    rank: int, tied: int, worst: int, count: int, middle: MiddleRanks
+) -> int | None:
+    """The label of a completion of rank `rank`, shared by `tied` completions, in a ranking of
+    `count` whose worst rank is `worst`."""
+    if worst == 1:  # all tied: the best are the worst, and nothing tells good from bad
+        return None
     if rank == 1:
         return 1
     if rank == worst:
@@ -48,20 +63,26 @@ def _label_for_rank(rank: int, worst: int, middle: MiddleRanks) -> int | None:
     if middle == "negative":
         return 0
     if middle == "split":
-        if 2 * rank < worst + 1:
+        # A tied group spans places rank .. rank + tied - 1; it sits at their mean, and the
+        # middle place of `count` is (count + 1) / 2 (both doubled, to stay in integers).
+        place_doubled = 2 * rank + tied - 1
+        if place_doubled < count + 1:
             return 1
-        if 2 * rank > worst + 1:
+        if place_doubled > count + 1:
             return 0
     return None
 
 
 def ranking_to_pairs(ranking: Ranking) -> list[Pair]:
-    """Every (better, worse) pair of the ranking: K*(K-1)/2 pairs, best chosen first."""
-    by_rank = [ranking.completions[index] for index in _indices_best_first(ranking.ranks)]
+    """Every (better, worse) pair of the ranking, best chosen first: K*(K-1)/2 pairs without
+    ties; two tied completions make no pair."""
+    order = _indices_best_first(ranking.ranks)
+    ranks, completions = ranking.ranks, ranking.completions
     return [
-        Pair(ranking.prompt, chosen, rejected)
-        for position, chosen in enumerate(by_rank)
-        for rejected in by_rank[position + 1 :]
+        Pair(ranking.prompt, completions[chosen], completions[rejected])
+        for position, chosen in enumerate(order)
+        for rejected in order[position + 1 :]
+        if ranks[chosen] < ranks[rejected]
     ]
 
 

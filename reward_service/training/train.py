@@ -7,15 +7,18 @@ Objectives (``TrainConfig.objective``):
   (transformers' ``Trainer``). Reward = log-odds of POSITIVE, ``logit_POSITIVE - logit_NEGATIVE``:
   the probability's monotone twin that does not saturate.
 - ``pairwise``, InstructGPT's recipe: rankings become every (chosen, rejected) pair
-  (``rules.ranking_to_pairs``); a single-logit model is trained with the Bradley-Terry loss
-  ``-log sigmoid(r_chosen - r_rejected)`` (TRL's ``RewardTrainer``). Reward = the logit.
+  (``rules.ranking_to_pairs``; tied completions make none); a single-logit model is trained with
+  the Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)`` (TRL's ``RewardTrainer``), minus
+  the pair's margin inside the sigmoid where a pairs file gives one (Llama 2). Reward = the logit.
 - ``regression``, where the data carries numeric human scores: MSE on the z-scored scores
   (``Trainer`` with ``problem_type="regression"``). Reward = the logit.
 
-Each epoch the held-out figures (``evaluate.figures``) are computed; the weights of the best epoch
-by held-out pairwise accuracy are kept, and training stops after ``patience`` epochs without
-improvement. The folder gets weights, tokenizer, ``reward_config.json`` (the mapping above, plus a
-normalisation to mean 0 / std 1 on the held-out inputs) and a model card (README.md).
+Without an eval file, ``eval_fraction`` of the records is held out by prompt
+(``split_by_prompt``): one prompt's records never land on both sides. Each epoch the held-out
+figures (``evaluate.figures``) are computed; the weights of the best epoch by held-out pairwise
+accuracy are kept, and training stops after ``patience`` epochs without improvement. The folder
+gets weights, tokenizer, ``reward_config.json`` (the mapping above, plus a normalisation to mean
+0 / std 1 on the held-out inputs) and a model card (README.md).
 """
 
 from __future__ import annotations
@@ -186,13 +189,35 @@ def _train_and_held_out(
 ) -> tuple[list[Record], list[Record]]:
     if eval_file is not None:
         return records, read_records(eval_file).records
-    # Held out by record, so the completions of one ranking stay on one side.
-    order = list(range(len(records)))
-    random.Random(config.seed).shuffle(order)
-    held = max(1, round(len(records) * config.eval_fraction))
-    if held >= len(records):
-        raise ValueError(f"{len(records)} records are too few to hold some out; pass an eval file")
-    return [records[i] for i in order[held:]], [records[i] for i in order[:held]]
+    return split_by_prompt(records, config.eval_fraction, config.seed)
+
+
+def split_by_prompt(
+    records: list[Record], eval_fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """(training, held-out) records, held out by prompt: every record of one prompt (each rater's
+    ranking of an item, each of its pairs) lands on the same side, so the held-out figures are
+    those of prompts the model never saw. A record without a prompt is a group of its own.
+    The groups are shuffled (seeded) and held out until ``eval_fraction`` of the records are."""
+    groups: dict[str | int, list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(record.prompt or index, []).append(index)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    target = max(1, round(len(records) * eval_fraction))
+    held: list[int] = []
+    taken = 0
+    while len(held) < target and taken < len(order) - 1:  # one group at least left to train on
+        held += order[taken]
+        taken += 1
+    if not held:
+        raise ValueError(
+            f"{len(records)} records of {len(order)} prompt(s) are too few to hold some prompts "
+            "out; pass an eval file"
+        )
+    # Kept in the shuffled order, so that a file without prompts splits exactly by record.
+    training = [index for group in order[taken:] for index in group]
+    return [records[i] for i in training], [records[i] for i in held]
 
 
 def _build_trainer(model, tokenizer, records, encode, config: TrainConfig, tracker):
@@ -225,13 +250,16 @@ def _build_trainer(model, tokenizer, records, encode, config: TrainConfig, track
         pairs = pairs_from(records)
         chosen = encode([p.prompt for p in pairs], [p.chosen for p in pairs])
         rejected = encode([p.prompt for p in pairs], [p.rejected for p in pairs])
-        dataset = Dataset.from_dict(
-            {
-                "chosen_ids": chosen,
-                "rejected_ids": rejected,
-                "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)],
-            }
-        )
+        columns = {
+            "chosen_ids": chosen,
+            "rejected_ids": rejected,
+            "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)],
+        }
+        if any(pair.margin is not None for pair in pairs):
+            # Llama 2's margin loss, -log sigmoid(r_chosen - r_rejected - margin), as TRL's
+            # RewardTrainer computes it; a pair without a margin has 0, the plain loss.
+            columns["margin"] = [pair.margin or 0.0 for pair in pairs]
+        dataset = Dataset.from_dict(columns)
         args = RewardConfig(
             **common, max_length=None, gradient_checkpointing=False, remove_unused_columns=False
         )
