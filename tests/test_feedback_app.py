@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from itertools import combinations
 from pathlib import Path
@@ -18,6 +20,7 @@ from helpers import HTTP_TIMEOUT_S
 
 from reward_service.cli import main as reward_service_main
 from reward_service.client import RewardClient
+from reward_service.feedback.settings import FeedbackSettings
 from reward_service.feedback.store import NewItem, Store
 
 ADMIN_KEY = "admin-key-for-tests"
@@ -269,18 +272,48 @@ def test_a_page_submitted_twice_is_stored_once(rater, store, campaign):
     assert stored[0].flags == {"0": ["truncated"]}
 
 
-def test_a_stale_page_of_an_item_judged_on_a_newer_page_is_refused(rater, store, campaign):
+def test_a_reloaded_page_shows_the_same_task_and_is_stored_once(rater, store, campaign):
     old = next_view(rater, campaign)
-    # A reload serves the same item (not judged yet) on a new page with its own order.
-    new = rater.get(f"/campaigns/{campaign}/task")
-    assert new.status_code == 200
-    newer = next_view(rater, campaign)
-    assert newer["prompt"] == old["prompt"] and newer["view_id"] != old["view_id"]
-    assert submit(rater, newer, good_body(newer)).status_code == 201
-    stale = submit(rater, old, good_body(old))
-    assert stale.status_code == 409
-    assert "judged this item already" in stale.json()["detail"]
+    # A reload (of the page, or of the API's next) serves the same page: same view, same order.
+    reloaded = rater.get(f"/campaigns/{campaign}/task")
+    assert reloaded.status_code == 200 and old["view_id"] in reloaded.text
+    again = next_view(rater, campaign)
+    assert again == old
+    assert submit(rater, again, good_body(again)).status_code == 201
+    twice = submit(rater, old, good_body(old))
+    assert twice.status_code == 409
+    assert "submitted already" in twice.json()["detail"]
     assert len(judgements_of(store, campaign)) == 1
+    assert next_view(rater, campaign)["prompt"] != old["prompt"]
+
+
+def test_two_raters_asking_at_once_with_overlap_1_get_different_items(server, workspace, db, store):
+    name = f"campaign-{next(_campaigns)}"
+    items = write_items(workspace / f"{name}.jsonl", 2)
+    feedback_command(
+        "campaign", "create", name, "--items", str(items), "--criteria", "overall",
+        "--overlap", "1", "--db", db,
+    )  # fmt: skip
+    raters = [server.rater(invite(server, db)) for _ in range(2)]
+    start = threading.Barrier(len(raters))
+
+    def ask(client: httpx.Client) -> dict:
+        start.wait()
+        return next_view(client, name)
+
+    try:
+        with ThreadPoolExecutor(len(raters)) as pool:
+            views = list(pool.map(ask, raters))
+        assert views[0]["prompt"] != views[1]["prompt"], views
+        for client, view in zip(raters, views, strict=True):
+            body = {"ranks": {"overall": [1, 2, 3]}, "confidence": 2}
+            assert submit(client, view, body).status_code == 201
+            assert client.get(f"/api/campaigns/{name}/next").status_code == 204
+    finally:
+        for client in raters:
+            client.close()
+    stored = judgements_of(store, name)
+    assert sorted(j.prompt for j in stored) == sorted(view["prompt"] for view in views)
 
 
 def test_an_oversized_comment_gets_422_and_an_oversized_body_413(rater, store, campaign):
@@ -570,6 +603,15 @@ def test_serve_refuses_to_start_without_an_admin_key(workspace, capsys, monkeypa
     database = f"sqlite:///{workspace / 'unkeyed.db'}"
     assert reward_service_main(["feedback", "serve", "--db", database]) == 2
     assert "admin key" in capsys.readouterr().err
+
+
+def test_the_reservation_time_comes_from_a_flag_or_the_environment(workspace, capsys, monkeypatch):
+    monkeypatch.setenv("REWARD_FEEDBACK_RESERVATION_S", "90")
+    assert FeedbackSettings().reservation_s == 90
+    monkeypatch.setenv("REWARD_FEEDBACK_ADMIN_KEY", ADMIN_KEY)
+    database = f"sqlite:///{workspace / 'reservation.db'}"
+    assert reward_service_main(["feedback", "serve", "--db", database, "--reservation-s", "0"]) == 2
+    assert "reservation_s" in capsys.readouterr().err
 
 
 def campaign_names(database: str) -> list[str]:

@@ -331,8 +331,12 @@ def keyboard_tie(driver, criterion: str, index: int) -> None:
     from selenium.webdriver.common.keys import Keys
 
     tab_to(driver, f'.sortable[data-criterion="{criterion}"] .card')
+    # The focus may already be on any card of this list (where ranking it left it, which
+    # depends on the shuffled order): walk from there, not from the top.
     target = places(driver, criterion).index(index)
-    press(driver, *[Keys.ARROW_DOWN] * target)
+    steps = target - focused_place(driver, criterion)
+    press(driver, *[Keys.ARROW_DOWN if steps > 0 else Keys.ARROW_UP] * abs(steps))
+    assert focused_place(driver, criterion) == target
     press(driver, "t")
     card = cards(driver, criterion)[target]
     assert card.get_attribute("data-tied") == "true"

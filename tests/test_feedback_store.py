@@ -1,6 +1,7 @@
 """The feedback store on real databases: a SQLite file and a throwaway PostgreSQL server.
 
-Every behaviour test runs on both; what it pins is what the web app and the CLI rely on.
+Every behaviour test runs on both; what it pins is what the web app and the CLI rely on. The
+store's clock is the test's: a reservation's lease passes when the test moves the clock on.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import hashlib
 import itertools
 import random
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,21 @@ from reward_service.feedback.store import (
 )
 
 _database_names = itertools.count()
+RESERVATION_S = 600
+START = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
+
+
+class Clock:
+    """The store's clock, moved on by the test: no test waits for a lease to pass."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -46,8 +64,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    store = Store(database_url, max_comment_chars=50)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(database_url: str, clock: Clock) -> Iterator[Store]:
+    store = Store(database_url, max_comment_chars=50, reservation_s=RESERVATION_S, clock=clock)
     yield store
     store.close()
 
@@ -78,6 +101,13 @@ def judge(store: Store, campaign: str, rater_id: int, submission: Submission) ->
     assert view is not None, "the rater has an item left"
     store.submit(view.view_id, rater_id, submission)
     return view.item_id
+
+
+def assert_nothing_stored_twice(store: Store, campaign: str) -> None:
+    stored = store.judgements(campaign)
+    assert len({j.view_id for j in stored}) == len(stored), "a page stored twice"
+    by_rater = Counter((j.item_id, j.rater_id) for j in stored)
+    assert set(by_rater.values()) <= {1}, "an item judged twice by one rater"
 
 
 # --- the schema ---
@@ -251,10 +281,10 @@ def test_new_model_scores_change_what_comes_next(store):
 
 
 def test_each_page_shows_a_shuffled_order_that_a_seed_reproduces(store):
-    campaign = overall_campaign(store, count=1, k=5)
-    ada = rater(store, "ada")
+    campaign = overall_campaign(store, count=1, k=5, overlap=2)
+    ada, bob = rater(store, "ada"), rater(store, "bob")
     first = store.next_view(campaign, ada, rng=random.Random(7))
-    again = store.next_view(campaign, ada, rng=random.Random(7))
+    again = store.next_view(campaign, bob, rng=random.Random(7))
     expected = list(range(5))
     random.Random(7).shuffle(expected)
     assert first.order == again.order == expected
@@ -295,6 +325,164 @@ def test_progress_lists_every_rater_by_name_and_counts_items_judged_by_overlap_r
     assert (progress.items_total, progress.items_complete, progress.ranked) == (3, 1, 3)
     per_rater = [(r.name, r.ranked) for r in progress.per_rater]
     assert per_rater == [("ada", 1), ("idle", 0), ("zoe", 2)]
+
+
+# --- an open page reserves its item ---
+
+
+def test_two_raters_asking_in_turn_with_overlap_1_get_different_items(store):
+    campaign = overall_campaign(store, count=3, overlap=1)
+    ada, bob, cyd, dan = (rater(store, name) for name in ("ada", "bob", "cyd", "dan"))
+    views = [store.next_view(campaign, someone) for someone in (ada, bob, cyd)]
+    assert len({view.item_id for view in views}) == 3
+    assert store.next_view(campaign, dan) is None  # every item is reserved
+    for view, someone in zip(views, (ada, bob, cyd), strict=True):
+        store.submit(view.view_id, someone, ranking(1, 2, 3))
+    assert store.next_view(campaign, dan) is None  # and now judged
+    assert store.progress(campaign).items_complete == 3
+    assert len(store.judgements(campaign)) == 3
+    assert_nothing_stored_twice(store, campaign)
+
+
+def test_with_overlap_2_two_raters_may_hold_the_same_item_but_not_a_third(store):
+    campaign = overall_campaign(store, count=2, overlap=2)
+    ada, bob, cyd = rater(store, "ada"), rater(store, "bob"), rater(store, "cyd")
+    first, second = store.next_view(campaign, ada), store.next_view(campaign, bob)
+    assert first.item_id == second.item_id and first.view_id != second.view_id
+    third = store.next_view(campaign, cyd)
+    assert third.item_id != first.item_id
+    store.submit(first.view_id, ada, ranking(1, 2, 3))  # a judgement and a reservation: full
+    assert store.next_view(campaign, ada).item_id == third.item_id
+    assert_nothing_stored_twice(store, campaign)
+
+
+def test_a_rater_holding_an_open_page_gets_the_same_page_back_until_its_lease_ends(store, clock):
+    campaign = overall_campaign(store, count=2, k=4)
+    ada = rater(store, "ada")
+    first = store.next_view(campaign, ada, rng=random.Random(1))
+    clock.advance(RESERVATION_S - 1)
+    reloaded = store.next_view(campaign, ada, rng=random.Random(2))
+    assert reloaded == first  # same view id, order, item and serving time
+    clock.advance(1)  # a reload does not renew the lease
+    renewed = store.next_view(campaign, ada)
+    assert renewed.item_id == first.item_id and renewed.view_id != first.view_id
+    assert store.next_view(campaign, ada) == renewed
+
+
+def test_a_reloaded_page_submitted_twice_is_stored_once(store):
+    campaign = overall_campaign(store, count=2)
+    ada = rater(store, "ada")
+    first = store.next_view(campaign, ada)
+    reloaded = store.next_view(campaign, ada)
+    assert reloaded.view_id == first.view_id
+    store.submit(first.view_id, ada, ranking(1, 2, 3))
+    with pytest.raises(Conflict, match="submitted already"):
+        store.submit(reloaded.view_id, ada, ranking(3, 2, 1))
+    after = store.next_view(campaign, ada)
+    assert after.item_id != first.item_id  # a submitted page is done with
+    assert [j.ranks for j in store.judgements(campaign)] == [{"overall": [1, 2, 3]}]
+
+
+def test_a_page_is_held_per_campaign(store):
+    campaign = overall_campaign(store, count=1)
+    store.create_campaign("other", k=2, criteria=["overall"])
+    store.add_items("other", [NewItem("elsewhere", ["a", "b"])])
+    ada = rater(store, "ada")
+    held = store.next_view(campaign, ada)
+    assert store.next_view("other", ada).prompt == "elsewhere"
+    assert store.next_view(campaign, ada) == held
+
+
+def test_after_the_lease_passes_the_item_goes_to_another_rater(store, clock):
+    campaign = overall_campaign(store, count=1, overlap=1)
+    ada, bob = rater(store, "ada"), rater(store, "bob")
+    held = store.next_view(campaign, ada)
+    assert store.next_view(campaign, bob) is None
+    clock.advance(RESERVATION_S - 1)
+    assert store.next_view(campaign, bob) is None
+    clock.advance(1)
+    taken = store.next_view(campaign, bob)
+    assert taken.item_id == held.item_id and taken.view_id != held.view_id
+    # Bob's page reserves it now: Ada, back after her lease, does not get it again.
+    assert store.next_view(campaign, ada) is None
+
+
+def test_the_late_submission_of_an_expired_page_is_stored_even_past_the_overlap(store, clock):
+    campaign = overall_campaign(store, count=1, overlap=1)
+    ada, bob = rater(store, "ada"), rater(store, "bob")
+    late = store.next_view(campaign, ada)
+    clock.advance(RESERVATION_S + 60)
+    taken = store.next_view(campaign, bob)
+    store.submit(taken.view_id, bob, ranking(1, 2, 3))
+    store.submit(late.view_id, ada, ranking(3, 2, 1))  # nothing a rater submits is lost
+    stored = {(j.rater, j.view_id): j.ranks["overall"] for j in store.judgements(campaign)}
+    assert stored == {("ada", late.view_id): [3, 2, 1], ("bob", taken.view_id): [1, 2, 3]}
+    with pytest.raises(Conflict, match="submitted already"):
+        store.submit(late.view_id, ada, ranking(3, 2, 1))
+    assert store.next_view(campaign, ada) is None and store.next_view(campaign, bob) is None
+    assert store.progress(campaign).items_complete == 1
+    assert_nothing_stored_twice(store, campaign)
+
+
+def test_a_late_submission_closes_the_raters_newer_page_of_that_item(store, clock):
+    campaign = overall_campaign(store, count=2, overlap=1)
+    ada, bob = rater(store, "ada"), rater(store, "bob")
+    old = store.next_view(campaign, ada)
+    clock.advance(RESERVATION_S)
+    newer = store.next_view(campaign, ada)
+    assert newer.item_id == old.item_id and newer.view_id != old.view_id
+    store.submit(old.view_id, ada, ranking(1, 2, 3))
+    # Her newer page no longer holds the item, for her or against anyone.
+    assert store.next_view(campaign, ada).item_id != old.item_id
+    assert store.next_view(campaign, bob) is None  # the other item is Ada's now
+    with pytest.raises(Conflict, match="judged this item already"):
+        store.submit(newer.view_id, ada, ranking(1, 2, 3))
+    assert_nothing_stored_twice(store, campaign)
+
+
+def test_a_skip_ends_the_reservation_and_counts_as_the_raters_judgement(store):
+    campaign = overall_campaign(store, count=1, overlap=2)
+    ada, bob, cyd = rater(store, "ada"), rater(store, "bob"), rater(store, "cyd")
+    skipped = store.next_view(campaign, ada)
+    store.submit(skipped.view_id, ada, Submission(skipped=True, skip_reason="code"))
+    assert store.next_view(campaign, ada) is None
+    assert store.next_view(campaign, bob).item_id == skipped.item_id
+    assert store.next_view(campaign, cyd) is None  # Ada's skip and Bob's page fill it
+    assert store.progress(campaign).skipped == 1
+
+
+def test_the_lease_is_measured_in_time_whatever_zone_the_clock_reports_it_in(store, clock):
+    campaign = overall_campaign(store, count=1, overlap=1)
+    ada, bob = rater(store, "ada"), rater(store, "bob")
+    held = store.next_view(campaign, ada)
+    assert held.served_at == START
+    # The clock now tells the time ten hours ahead of UTC: SQLite keeps no zone, the store must.
+    ten_hours_ahead = timezone(timedelta(hours=10))
+    clock.now = (START + timedelta(seconds=RESERVATION_S - 1)).astimezone(ten_hours_ahead)
+    assert store.next_view(campaign, bob) is None
+    assert store.next_view(campaign, ada) == held
+    clock.advance(1)
+    assert store.next_view(campaign, bob).item_id == held.item_id
+
+
+def test_two_raters_asking_at_the_same_moment_with_overlap_1_get_different_items(store):
+    campaign = overall_campaign(store, count=2, overlap=1)
+    raters = [rater(store, name) for name in ("ada", "bob")]
+    start = threading.Barrier(2)
+    served: dict[int, int | None] = {}
+
+    def ask(rater_id: int) -> None:
+        start.wait()
+        view = store.next_view(campaign, rater_id)
+        served[rater_id] = None if view is None else view.item_id
+
+    threads = [threading.Thread(target=ask, args=(rater_id,)) for rater_id in raters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(served) == set(raters) and None not in served.values()
+    assert len(set(served.values())) == 2, served
 
 
 # --- submitting ---
@@ -351,11 +539,13 @@ def test_a_page_submitted_twice_is_a_conflict_and_is_stored_once(store):
     assert [j.ranks for j in store.judgements(campaign)] == [{"overall": [1, 2, 3]}]
 
 
-def test_a_second_page_of_an_item_the_rater_judged_is_a_conflict(store):
+def test_a_second_page_of_an_item_the_rater_judged_is_a_conflict(store, clock):
     campaign = overall_campaign(store, count=1)
     ada = rater(store, "ada")
     first = store.next_view(campaign, ada)
-    stale = store.next_view(campaign, ada)  # the same item, served again (a reload)
+    clock.advance(RESERVATION_S)
+    stale = store.next_view(campaign, ada)  # the lease passed: the same item on a new page
+    assert (stale.item_id, stale.view_id != first.view_id) == (first.item_id, True)
     store.submit(first.view_id, ada, ranking(1, 2, 3))
     with pytest.raises(Conflict, match="judged this item already"):
         store.submit(stale.view_id, ada, ranking(1, 2, 3))

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reward_service.body_limit import BodySizeLimit, Refusal
 from reward_service.errors import describe_validation_errors
 from reward_service.feedback import quality
 from reward_service.feedback.settings import FeedbackSettings
@@ -163,51 +164,12 @@ class Invitation(BaseModel):
 # --- pure-ASGI middleware -------------------------------------------------------------------
 
 
-class BodySizeLimit:
-    """413 for a request body over `max_body_bytes`, unread when its Content-Length says so,
-    and as soon as a chunked body passes the limit otherwise."""
+def _body_too_large(max_body_bytes: int) -> Refusal:
+    def refusal(size: str) -> Response:
+        detail = f"the request body has {size}; this server takes at most {max_body_bytes} bytes"
+        return JSONResponse({"detail": detail}, 413)
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"the request body is larger than this server takes ({self.max_body_bytes} bytes)"
-        response = JSONResponse({"detail": detail}, 413, headers={"Connection": "close"})
-        await response(scope, receive, send)
+    return refusal
 
 
 class SecurityHeaders:
@@ -286,7 +248,11 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
     if settings.admin_key is None or not settings.admin_key.get_secret_value():
         raise ValueError("the feedback app needs an admin key: --admin-key or "
                          "REWARD_FEEDBACK_ADMIN_KEY")  # fmt: skip
-    store = Store(settings.db, max_comment_chars=settings.max_comment_chars)
+    store = Store(
+        settings.db,
+        max_comment_chars=settings.max_comment_chars,
+        reservation_s=settings.reservation_s,
+    )
     access = Access.of(store, settings.admin_key.get_secret_value())
     secure_cookies = settings.public_url().startswith("https://")
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -304,7 +270,11 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.access = access
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_body_bytes=settings.max_body_bytes,
+        refusal=_body_too_large(settings.max_body_bytes),
+    )
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -385,8 +355,8 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
 
     @app.get("/campaigns/{name}/task", response_class=HTMLResponse, include_in_schema=False)
     def task_page(request: Request, name: str, who: SignedIn) -> HTMLResponse:
-        """The task page, with its first item (a new view) in it; the page's script fetches
-        the next ones from the API."""
+        """The task page, with the rater's open page in it (or their next item, a new view);
+        the page's script fetches the next ones from the API."""
         campaign = store.campaign(name)
         view = store.next_view(name, who.id)
         return page(
@@ -411,7 +381,8 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
         responses={204: {"description": "Nothing is left for this rater."}},
     )
     def next_task(name: str, who: SignedIn) -> Response | TaskView:
-        """Serves the rater's next item as a new view (shuffled order)."""
+        """The rater's open page while it is reserved for them (a reload shows the same task),
+        else their next item as a new view (shuffled order), reserved for them."""
         campaign = store.campaign(name)
         view = store.next_view(name, who.id)
         return TaskView.of(view, campaign) if view else Response(status_code=204)

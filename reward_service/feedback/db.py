@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     ForeignKey,
+    Index,
     MetaData,
     String,
     Text,
@@ -96,9 +97,16 @@ class Rater(Base):
 
 
 class View(Base):
-    """One serving of an item's task page to a rater, with the shuffled order it showed."""
+    """One serving of an item's task page to a rater, with the shuffled order it showed; until
+    it is submitted, and for the store's reservation time after ``served_at``, it reserves its
+    item for that rater."""
 
     __tablename__ = "views"
+    # Serving a page looks up the open pages of each item and those of the rater, served lately.
+    __table_args__ = (
+        Index("ix_views_item_id_served_at", "item_id", "served_at"),
+        Index("ix_views_rater_id_served_at", "rater_id", "served_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex: the page nonce
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))

@@ -44,6 +44,13 @@ class FeedbackSettings(BaseSettings):
     max_comment_chars: int = Field(
         2000, ge=0, le=100_000, description="Longest comment a rater may leave."
     )
+    reservation_s: int = Field(
+        1800,
+        ge=1,
+        description="How long a served task page reserves its item for its rater: meanwhile the "
+        "item counts them against the overlap, and a reload shows the same page. A page "
+        "submitted later is still stored.",
+    )
     max_body_bytes: int = Field(
         256 * 1024,
         ge=1024,

@@ -7,6 +7,13 @@ one place and the CLI prints the message.
 Ranks are "standard competition" ranks in the item's original completion order: 1 = best, tied
 completions share a rank and the next rank skips (``[1, 1, 3, 4]``). A dense tie ranking
 (``[1, 1, 2]``) is accepted and stored as its competition form (``[1, 1, 3]``).
+
+A served task page (a View) reserves its item for ``reservation_s`` (a lease, as Label Studio
+locks a task for the annotator who opened it): while it runs, the item counts that rater against
+the campaign's overlap, and the rater asking for their next item gets that same page back. An
+expired page reserves nothing, but its late submission is still stored if the rater has not
+judged the item since, even past the overlap: nothing a rater submits is lost. Time is the
+store's ``clock`` (tests replace it); every timestamp is stored in UTC.
 """
 
 from __future__ import annotations
@@ -18,13 +25,13 @@ import random
 import secrets
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, distinct, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +45,7 @@ FLAGS: tuple[str, ...] = ("unsafe", "nonsense", "truncated")
 MIN_K, MAX_K = 2, 9
 MIN_CONFIDENCE, MAX_CONFIDENCE = 1, 4
 DEFAULT_MAX_COMMENT_CHARS = 2000
+DEFAULT_RESERVATION_S = 1800  # how long a served page keeps its item for its rater
 
 _SHUFFLE = random.SystemRandom()  # display orders when the caller gives no seeded rng
 
@@ -215,7 +223,20 @@ class Progress:
 class Store:
     """The feedback database behind one SQLAlchemy URL; created or upgraded on opening."""
 
-    def __init__(self, url: str, *, max_comment_chars: int = DEFAULT_MAX_COMMENT_CHARS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_comment_chars: int = DEFAULT_MAX_COMMENT_CHARS,
+        reservation_s: float = DEFAULT_RESERVATION_S,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        """``reservation_s``: how long a served page reserves its item (see the module's
+        docstring). ``clock``: the current time, timezone-aware (a naive one is taken as UTC)."""
+        if not reservation_s > 0:
+            raise ValueError(f"reservation_s must be positive, got {reservation_s!r}")
+        self.reservation = timedelta(seconds=reservation_s)
+        self._clock = clock
         self.engine: Engine = connect(url)
         try:
             upgrade_schema(self.engine)
@@ -227,6 +248,11 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _now(self) -> datetime:
+        # In UTC whatever zone the clock reports in: SQLite keeps a timestamp's wall time without
+        # its zone, so stored times and the times they are compared with must share one.
+        return _as_utc(self._clock())
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
@@ -251,7 +277,7 @@ class Store:
     ) -> int:
         """A new campaign's id."""
         with self._transaction() as session:
-            return _new_campaign(session, name, k, criteria, guidelines, overlap).id
+            return _new_campaign(session, name, k, criteria, guidelines, overlap, self._now()).id
 
     def add_items(self, campaign: str, items: Iterable[NewItem]) -> int:
         """Appends items (in order) to a campaign; returns how many. All or none are added."""
@@ -273,9 +299,10 @@ class Store:
         of them in another tool, in one transaction: all of it is stored, or on any refusal
         nothing, no campaign included. Returns the campaign's id."""
         with self._transaction() as session:
-            row = _new_campaign(session, name, k, criteria, guidelines, overlap)
+            now = self._now()
+            row = _new_campaign(session, name, k, criteria, guidelines, overlap, now)
             _add_items(session, row, items)
-            _import_judgements(session, row, judgements, self.max_comment_chars)
+            _import_judgements(session, row, judgements, self.max_comment_chars, now)
             return row.id
 
     def campaign(self, name: str) -> CampaignInfo:
@@ -324,7 +351,7 @@ class Store:
         with self._transaction() as session:
             if session.scalar(select(Rater.id).where(Rater.name == name)) is not None:
                 raise Conflict(f"a rater named {name!r} exists already")
-            session.add(Rater(name=name, token_sha256=_token_hash(token), created_at=_now()))
+            session.add(Rater(name=name, token_sha256=_token_hash(token), created_at=self._now()))
         return token
 
     def rater_for_token(self, token: str) -> RaterInfo:
@@ -345,17 +372,26 @@ class Store:
     def next_view(
         self, campaign: str, rater_id: int, *, rng: random.Random | None = None
     ) -> ViewInfo | None:
-        """Serves the rater their next item as a new View with a shuffled display order; None
-        when nothing is left for them. ``rng`` seeds the shuffle (tests); default: system random.
+        """The rater's next task page; None when nothing is left for them. ``rng`` seeds the
+        shuffle of a new page (tests); default: system random.
 
-        Eligible: items judged (skips count) by fewer than ``overlap`` raters, and not by this
-        one. Least-sure first: items with model scores by the smallest gap between any two of
-        their scores, then items without scores; ties by position.
+        A rater holding an unexpired, unsubmitted page in the campaign gets that page back (same
+        view id, same order: a reload shows the same task); its lease is not renewed. Otherwise a
+        new View with a shuffled display order, of an item the rater has not judged whose
+        judgements (skips count) plus the other raters' unexpired, unsubmitted pages number fewer
+        than ``overlap``. Least-sure first: items with model scores by the smallest gap between
+        any two of their scores, then items without scores; ties by position.
         """
         with self._transaction() as session:
+            _lock_campaign(session, campaign)
+            now = self._now()  # once the lock is held: a page waiting for it is served later
+            leased_since = now - self.reservation
             row = _campaign_row(session, campaign)
             _rater_row(session, rater_id)
-            candidates = _eligible_items(session, row, rater_id)
+            held = _held_view(session, row, rater_id, leased_since)
+            if held is not None:
+                return _view_info(*held, row)
+            candidates = _eligible_items(session, row, rater_id, leased_since)
             if not candidates:
                 return None
             item = min(candidates, key=_least_sure_first)
@@ -366,21 +402,16 @@ class Store:
                 item_id=item.id,
                 rater_id=rater_id,
                 order=order,
-                served_at=_now(),
+                served_at=now,
             )
             session.add(view)
-            return ViewInfo(
-                view_id=view.id,
-                campaign=row.name,
-                item_id=item.id,
-                prompt=item.prompt,
-                completions=list(item.completions),
-                order=order,
-                served_at=view.served_at,
-            )
+            return _view_info(view, item, row)
 
     def submit(self, view_id: str, rater_id: int, submission: Submission) -> int:
         """Stores a submitted page; returns the judgement's id. Committed before returning.
+
+        A page whose reservation expired is stored all the same (unless the rater judged the item
+        on another page), even when that takes the item past the campaign's overlap.
 
         NotFound: no such view. Forbidden: another rater's view. Conflict: the view was submitted
         already, or the rater judged this item on another page. Invalid: see the rules above.
@@ -394,7 +425,7 @@ class Store:
             _check_not_judged(session, view)
             item = session.get_one(Item, view.item_id)
             row = session.get_one(Campaign, item.campaign_id)
-            judgement = _judgement_row(submission, view, row, self.max_comment_chars)
+            judgement = _judgement_row(submission, view, row, self.max_comment_chars, self._now())
             session.add(judgement)
             session.flush()
             return judgement.id
@@ -413,7 +444,7 @@ class Store:
         """
         with self._transaction() as session:
             row = _campaign_row(session, campaign)
-            return _import_judgements(session, row, judgements, self.max_comment_chars)
+            return _import_judgements(session, row, judgements, self.max_comment_chars, self._now())
 
     # --- reading the results ---
 
@@ -467,6 +498,7 @@ def _new_campaign(
     criteria: Sequence[str],
     guidelines: str,
     overlap: int,
+    now: datetime,
 ) -> Campaign:
     _check_name(name, "campaign name")
     _check_int(k, "k", MIN_K, MAX_K)
@@ -481,7 +513,7 @@ def _new_campaign(
         criteria=criteria,
         k=k,
         overlap=overlap,
-        created_at=_now(),
+        created_at=now,
     )
     session.add(campaign)
     session.flush()
@@ -516,6 +548,7 @@ def _import_judgements(
     campaign: Campaign,
     judgements: Iterable[ExternalJudgement],
     max_comment_chars: int,
+    now: datetime,
 ) -> int:
     judgements = list(judgements)
     if not judgements:
@@ -527,7 +560,9 @@ def _import_judgements(
     }
     for number, external in enumerate(judgements, start=1):
         try:
-            _import_judgement(session, campaign, positions, criterion, external, max_comment_chars)
+            _import_judgement(
+                session, campaign, positions, criterion, external, max_comment_chars, now
+            )
         except FeedbackError as error:
             raise type(error)(
                 f"imported judgement {number} (item {external.item_index}, rater "
@@ -543,17 +578,18 @@ def _import_judgement(
     criterion: str,
     external: ExternalJudgement,
     max_comment_chars: int,
+    now: datetime,
 ) -> None:
     item = positions.get(external.item_index)
     if item is None:
         raise NotFound(f"campaign {campaign.name!r} has no item {external.item_index}")
-    rater = _rater_named(session, external.rater)
+    rater = _rater_named(session, external.rater, now)
     view = View(
         id=uuid.uuid4().hex,
         item_id=item.id,
         rater_id=rater.id,
         order=list(range(campaign.k)),
-        served_at=_now(),
+        served_at=now,
     )
     _check_not_judged(session, view)
     session.add(view)
@@ -565,7 +601,7 @@ def _import_judgement(
         time_spent_ms=external.time_spent_ms or 0,
     )
     session.add(
-        _judgement_row(submission, view, campaign, max_comment_chars, confidence_asked=False)
+        _judgement_row(submission, view, campaign, max_comment_chars, now, confidence_asked=False)
     )
 
 
@@ -586,15 +622,65 @@ def _rater_row(session: Session, rater_id: int) -> Rater:
     return rater
 
 
-def _eligible_items(session: Session, campaign: Campaign, rater_id: int) -> list[Item]:
+def _lock_campaign(session: Session, name: str) -> None:
+    """Serves one page of a campaign at a time, so that two raters asking at once see each
+    other's reservation: a no-op write, the transaction's first statement, takes the campaign
+    row's lock (PostgreSQL) or the database's write lock (SQLite) until the commit."""
+    session.execute(
+        update(Campaign)
+        .where(Campaign.name == name)
+        .values(overlap=Campaign.overlap)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _open_page() -> Any:
+    """A View whose rater has not judged its item, on this page or another."""
+    return ~exists().where(Judgement.item_id == View.item_id, Judgement.rater_id == View.rater_id)
+
+
+def _held_view(
+    session: Session, campaign: Campaign, rater_id: int, leased_since: datetime
+) -> tuple[View, Item] | None:
+    """The rater's newest open page in the campaign that is still reserved, with its item."""
+    held = session.execute(
+        select(View, Item)
+        .join(Item, View.item_id == Item.id)
+        .where(
+            Item.campaign_id == campaign.id,
+            View.rater_id == rater_id,
+            View.served_at > leased_since,
+            _open_page(),
+        )
+        .order_by(View.served_at.desc(), View.id)
+        .limit(1)
+    ).first()
+    return None if held is None else (held[0], held[1])
+
+
+def _eligible_items(
+    session: Session, campaign: Campaign, rater_id: int, leased_since: datetime
+) -> list[Item]:
+    """Items the rater has not judged whose judgements plus other raters' reservations (open
+    pages served after ``leased_since``) number fewer than the overlap."""
     judged_by_rater = select(Judgement.item_id).where(Judgement.rater_id == rater_id)
     judgement_count = select(func.count()).where(Judgement.item_id == Item.id).scalar_subquery()
+    reserved_by_others = (
+        select(func.count(distinct(View.rater_id)))
+        .where(
+            View.item_id == Item.id,
+            View.rater_id != rater_id,
+            View.served_at > leased_since,
+            _open_page(),
+        )
+        .scalar_subquery()
+    )
     return list(
         session.scalars(
             select(Item).where(
                 Item.campaign_id == campaign.id,
                 Item.id.not_in(judged_by_rater),
-                judgement_count < campaign.overlap,
+                judgement_count + reserved_by_others < campaign.overlap,
             )
         )
     )
@@ -622,13 +708,13 @@ def _check_not_judged(session: Session, view: View) -> None:
         raise Conflict("you have judged this item already (on another page)")
 
 
-def _rater_named(session: Session, name: str) -> Rater:
+def _rater_named(session: Session, name: str, now: datetime) -> Rater:
     """The rater of that name, created (with a token nobody holds) if new."""
     rater = session.scalar(select(Rater).where(Rater.name == name))
     if rater is None:
         _check_name(name, "rater name")
         unused_token = secrets.token_urlsafe(24)
-        rater = Rater(name=name, token_sha256=_token_hash(unused_token), created_at=_now())
+        rater = Rater(name=name, token_sha256=_token_hash(unused_token), created_at=now)
         session.add(rater)
         session.flush()
     return rater
@@ -675,6 +761,7 @@ def _judgement_row(
     view: View,
     campaign: Campaign,
     max_comment_chars: int,
+    now: datetime,
     *,
     confidence_asked: bool = True,
 ) -> Judgement:
@@ -704,7 +791,7 @@ def _judgement_row(
         confidence=confidence,
         comment=comment,
         time_spent_ms=submission.time_spent_ms,
-        created_at=_now(),
+        created_at=now,
     )
 
 
@@ -851,13 +938,10 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _as_utc(moment: datetime) -> datetime:
-    """SQLite hands timestamps back without their zone; every stored one is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    """``moment`` in UTC. SQLite hands timestamps back without their zone; every stored one is
+    UTC (PostgreSQL hands them back in the session's zone)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _campaign_info(row: Campaign) -> CampaignInfo:
@@ -869,6 +953,18 @@ def _campaign_info(row: Campaign) -> CampaignInfo:
         k=row.k,
         overlap=row.overlap,
         created_at=_as_utc(row.created_at),
+    )
+
+
+def _view_info(view: View, item: Item, campaign: Campaign) -> ViewInfo:
+    return ViewInfo(
+        view_id=view.id,
+        campaign=campaign.name,
+        item_id=item.id,
+        prompt=item.prompt,
+        completions=list(item.completions),
+        order=list(view.order),
+        served_at=_as_utc(view.served_at),
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reward_service.body_limit import BodySizeLimit
 from reward_service.engine.engine import Engine
 from reward_service.engine.metrics import Metrics
 from reward_service.serving.auth import OPEN_PATH_PREFIXES, is_authorized
@@ -38,65 +40,20 @@ class ApiKeyMiddleware:
         await response(scope, receive, send)
 
 
-class BodySizeLimitMiddleware:
-    """413 for a request body over `max_body_bytes`, without reading it: at once from its
-    Content-Length, or, for a chunked body, as soon as the chunks read pass the limit. Pure ASGI."""
+class BodySizeLimitMiddleware(BodySizeLimit):
+    """413 `body_too_large` for a request body over `max_body_bytes`, without reading it (see
+    BodySizeLimit). Pure ASGI."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
+        def refusal(size: str) -> Response:
+            status, kind = BODY_TOO_LARGE
+            message = (
+                f"the request body has {size}; this server takes at most {max_body_bytes} "
+                "bytes: send fewer items per request"
+            )
+            return error_response(status, kind, message)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            await self._read_chunked_then_call(scope, receive, send)
-            return
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(scope, receive, send, f"{int(declared)} bytes")
-            return
-        # Otherwise the HTTP parser delivers at most Content-Length bytes.
-        await self.app(scope, receive, send)
-
-    async def _read_chunked_then_call(self, scope: Scope, receive: Receive, send: Send) -> None:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._refuse(scope, receive, send, f"more than {self.max_body_bytes} bytes")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
-        status, kind = BODY_TOO_LARGE
-        message = (
-            f"the request body has {size}; this server takes at most {self.max_body_bytes} "
-            "bytes: send fewer items per request"
-        )
-        # The unread body stays unread: the connection closes after this answer.
-        response = error_response(status, kind, message, {"Connection": "close"})
-        await response(scope, receive, send)
+        super().__init__(app, max_body_bytes, refusal)
 
 
 class CloseConnectionsWhenShuttingDown:
