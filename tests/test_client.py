@@ -254,6 +254,7 @@ def test_the_deadline_is_honoured_even_while_the_server_holds_the_request(held_s
     # the call. A client that waited for the answer, or for its 120 s timeout, would fail.
     options = dict(deadline_s=0.5, timeout_s=120, **PATIENT)
     scored_before = metric(held_server, "reward_items_scored_total", model="m")
+    settled_before = scored_before + metric(held_server, "reward_items_expired_total", model="m")
     held_server.gate.hold_forward()
     try:
         started = time.monotonic()
@@ -272,6 +273,16 @@ def test_the_deadline_is_honoured_even_while_the_server_holds_the_request(held_s
         assert metric(held_server, "reward_items_scored_total", model="m") == scored_before
     finally:
         held_server.gate.open_forward()
+        # The abandoned item is then scored (if its batch was held) or dropped (if its deadline
+        # passed in the queue): wait for that, or it would land in the next test's counts.
+        wait_for(
+            lambda: (
+                metric(held_server, "reward_items_scored_total", model="m")
+                + metric(held_server, "reward_items_expired_total", model="m")
+                == settled_before + 1
+            ),
+            "the abandoned item to be scored or dropped",
+        )
     assert elapsed_s < options["timeout_s"] / 2
 
 
