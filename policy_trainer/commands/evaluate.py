@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-from policy_trainer.commands.reward_flags import add_reward_arguments
+from policy_trainer.commands.reward_flags import add_reward_arguments, command_failure
 from policy_trainer.config import EvaluationSettings, settings_from_args
 from reward_service.flags import add_settings_arguments
 
@@ -49,10 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from policy_trainer.evaluation import evaluate_policy
-    from policy_trainer.models import PolicyLoadError
-    from policy_trainer.prompts import PromptFileError
     from policy_trainer.rollout import RemoteReward
-    from reward_service.client import RewardClientError
 
     settings = settings_from_args(args, EvaluationSettings)
     reward = RemoteReward(
@@ -66,13 +62,11 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_policy(
             args.policy, args.prompts, reward, reference_source=args.reference, settings=settings
         )
-    except RewardClientError as error:
-        urls = " ".join(args.reward_url)
-        print(f"policy-trainer evaluate: scoring on {urls} failed: {error}", file=sys.stderr)
-        return 2
-    except (PolicyLoadError, PromptFileError, OSError) as error:
-        print(f"policy-trainer evaluate: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        status = command_failure("evaluate", error, args.reward_url)
+        if status is None:
+            raise
+        return status
     finally:
         reward.close()
 

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from policy_trainer.commands.reward_flags import add_reward_arguments
+from policy_trainer.commands.reward_flags import add_reward_arguments, command_failure
 from policy_trainer.config import SampleOptions, settings_from_args
 from reward_service.flags import add_settings_arguments
 
@@ -47,11 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from policy_trainer.models import PolicyLoadError
-    from policy_trainer.prompts import PromptFileError
     from policy_trainer.rollout import RemoteReward
     from policy_trainer.sample import sample_prompts, write_sample_file
-    from reward_service.client import RewardClientError
 
     transformers_logging.disable_progress_bar()  # one bar: the sampling's
     options = settings_from_args(args, SampleOptions)
@@ -67,13 +64,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         lines = sample_prompts(args.policy, args.prompts, options, score=reward)
         write_sample_file(args.out, lines)
-    except RewardClientError as error:
-        urls = " ".join(args.reward_urls)
-        print(f"policy-trainer sample: scoring on {urls} failed: {error}", file=sys.stderr)
-        return 2
-    except (PolicyLoadError, PromptFileError, OSError) as error:
-        print(f"policy-trainer sample: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        status = command_failure("sample", error, args.reward_urls)
+        if status is None:
+            raise
+        return status
     finally:
         if reward is not None:
             reward.close()

@@ -275,9 +275,10 @@ class Store:
         guidelines: str = "",
         overlap: int = 1,
     ) -> int:
-        """A new campaign's id."""
-        with self._transaction() as session:
-            return _new_campaign(session, name, k, criteria, guidelines, overlap, self._now()).id
+        """A new campaign's id: an import with nothing to import yet."""
+        return self.import_campaign(
+            name, k=k, criteria=criteria, guidelines=guidelines, overlap=overlap, items=()
+        )
 
     def add_items(self, campaign: str, items: Iterable[NewItem]) -> int:
         """Appends items (in order) to a campaign; returns how many. All or none are added."""
