@@ -150,12 +150,19 @@ class PPOTrainer:
         )
         self.step = 0
         self.episodes = 0
+        # The step of the last checkpoint this run saved or resumed from (not merely the newest
+        # folder: a newer one that did not load may still be there until its step is saved again).
+        self.checkpointed_step: int | None = None
 
         if resume:
-            latest = checkpoints.latest_checkpoint(self.run_dir)
-            if latest is None:
-                raise FileNotFoundError(f"{self.run_dir} has no complete checkpoint to resume from")
-            self.load_checkpoint(latest)
+            loaded = checkpoints.load_newest_checkpoint(
+                self.run_dir, self.rank, self.accelerator.num_processes
+            )
+            if loaded is None:
+                raise FileNotFoundError(
+                    f"{self.run_dir} has no checkpoint that loads to resume from"
+                )
+            self.restore_checkpoint(loaded)
         elif run_info is not None:
             self.run_log.write_run_info(run_info)
         self.accelerator.wait_for_everyone()
@@ -200,9 +207,7 @@ class PPOTrainer:
                     self.run_log.plot()
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save_checkpoint(self._resume_point())
-            if checkpoints.latest_checkpoint(self.run_dir) != checkpoints.checkpoint_path(
-                self.run_dir, self.step
-            ):
+            if self.checkpointed_step != self.step:
                 self.save_checkpoint(self._resume_point())
             return self.save_policy()
         finally:
@@ -382,28 +387,22 @@ class PPOTrainer:
         if self.is_main:
             checkpoints.finish_checkpoint(self.run_dir, self.step, self.config.keep_checkpoints)
         accelerator.wait_for_everyone()
+        self.checkpointed_step = self.step
         return checkpoints.checkpoint_path(self.run_dir, self.step)
 
-    def load_checkpoint(self, folder: Path) -> None:
-        state = checkpoints.load_state(folder)
-        if state["num_processes"] != self.accelerator.num_processes:
-            raise ValueError(
-                f"{folder} was saved by a run of {state['num_processes']} processes; resume it "
-                f"with the same number (this one has {self.accelerator.num_processes})"
-            )
+    def restore_checkpoint(self, loaded: checkpoints.LoadedCheckpoint) -> None:
+        state = loaded.state
         checkpoints.load_trainable_state(self.accelerator.unwrap_model(self.module), state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.score_moments.load_state_dict(state["score_moments"])
-        self.step = state["step"]
+        self.step = self.checkpointed_step = state["step"]
         self.episodes = state["episodes"]
         self.prompt_stream.position = state["prompt_position"]
-        checkpoints.restore_rng_state(
-            checkpoints.load_rng_state(folder, self.rank), self.shuffle_generator
-        )
+        checkpoints.restore_rng_state(loaded.rng_state, self.shuffle_generator)
         self.run_log.truncate_after(self.step)
-        logger.info("resumed from %s (step %d)", folder, self.step)
+        logger.info("resumed from %s (step %d)", loaded.folder, self.step)
 
     def _stop_on_reward_failure(self, resume_point: dict[str, Any], error: Exception) -> Exception:
         folder = self.save_checkpoint(resume_point)

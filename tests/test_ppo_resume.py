@@ -4,6 +4,7 @@ maximum wait) and resumed ends with exactly the parameters of a run that was nev
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import torch
 from helpers import REPO_ROOT, build_word_level_lm, start_server
 from ppo_process import launch_ppo_processes
 
-from policy_trainer.checkpoint import checkpoint_path, load_state
+from policy_trainer.checkpoint import STATE_FILENAME, checkpoint_path, load_state
 from policy_trainer.run_log import read_metrics
 
 STEPS = 10
@@ -123,6 +124,23 @@ def test_past_its_maximum_wait_for_rewards_a_run_saves_its_steps_says_how_to_res
 
     # The same model served elsewhere: a resumed run may be pointed at a new endpoint.
     run_to_end(["ppo", "--resume", str(run_dir), "--reward-url", reward_server.url])
+    assert_same_run(run_dir, uninterrupted)
+
+
+def test_a_truncated_newest_checkpoint_is_skipped_and_the_resumed_run_ends_as_an_uninterrupted_one(
+    ppo_task, reward_server, uninterrupted: Path, tmp_path: Path
+):
+    # A run killed just before it wrote its policy, whose last checkpoint's file was cut short
+    # (a full disk, a copy interrupted): it must go on from step 8 and redo steps 9 and 10.
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    shutil.rmtree(run_dir / "policy")
+    damaged = checkpoint_path(run_dir, STEPS) / STATE_FILENAME
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+
+    result = run_to_end(["ppo", "--resume", str(run_dir)])
+    assert f"skipping checkpoint {checkpoint_path(run_dir, STEPS)}" in result.stderr
+    assert f"resumed from {checkpoint_path(run_dir, 8)} (step 8)" in result.stderr
     assert_same_run(run_dir, uninterrupted)
 
 
