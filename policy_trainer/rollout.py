@@ -261,7 +261,7 @@ class RemoteReward:
             model=model,
             timeout_s=timeout_s,
             deadline_s=max_wait_s,
-            max_retries=1_000_000,
+            retry_budget_s=None,
             api_key=api_key,
         )
 

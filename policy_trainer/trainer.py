@@ -43,7 +43,12 @@ from policy_trainer.prompts import EncodedPrompt, PromptRecord, PromptStream, en
 from policy_trainer.rollout import BackgroundScorer, ScoreFunction
 from policy_trainer.run_log import RUN_INFO_FILENAME, RunLog
 from policy_trainer.value_model import build_policy_and_value
-from reward_service.client import DeadlineExceeded, RewardClientError, Unavailable
+from reward_service.client import (
+    DeadlineExceeded,
+    NonFiniteReward,
+    RewardClientError,
+    Unavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -412,6 +417,10 @@ class PPOTrainer:
                 f"reward_max_wait_s = {self.config.reward_max_wait_s:g} s ({error})"
             )
             action = "Once it answers again (check its /health/ready), continue with"
+        elif isinstance(error, NonFiniteReward):
+            # Stopped before the score statistics or any parameter saw it: the checkpoint is clean.
+            cause = f"a non-finite reward in step {self.step + 1}'s batch ({error})"
+            action = "Fix the reward model (or serve it in float32), then continue with"
         else:
             cause = f"the reward service refused step {self.step + 1}'s batch ({error})"
             action = "Fix that, then continue with"

@@ -61,6 +61,13 @@ class InferenceFailed(RewardServiceError):
     """The forward pass raised; the message names the cause (HTTP 500, gRPC INTERNAL)."""
 
 
+class NonFiniteReward(RewardServiceError):
+    """The model gave a NaN or infinite reward for an item (HTTP 500 `non_finite_reward`, gRPC
+    INTERNAL with `reward-error-type: non_finite_reward` in the trailing metadata). Only the
+    requests holding such an item fail; the rest of its batch is answered. Sent as a number it
+    would poison a trainer's running statistics (gRPC) or arrive as JSON null (REST)."""
+
+
 class GrpcBindError(RewardServiceError):
     """The gRPC port could not be bound (in use, or not an address of this machine)."""
 

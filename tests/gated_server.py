@@ -25,6 +25,9 @@ FORWARD_PASSES = "forward-passes"
 FORWARD_ALLOWED = "forward-allowed"
 # Created by the test: while it exists, that model's backend is not loaded.
 LOAD_HELD = "load-held-{model}"
+# Created by the test: the next time a batching task takes a batch, it raises (the stand-in for
+# a bug in the batching loop, which no input can trigger).
+BATCHER_CRASH = "batcher-crash"
 POLL_S = 0.005
 
 
@@ -81,6 +84,17 @@ def main(argv: list[str]) -> int:
         return GatedBackend(load_backend(spec, folder, **kwargs), gate_dir)
 
     loading.load_backend = gated_load_backend  # load_model looks it up at each call
+
+    from reward_service.engine.queue import ModelQueue
+
+    take_batch = ModelQueue._take_batch
+
+    def take_batch_or_crash(self):
+        if (gate_dir / BATCHER_CRASH).exists():
+            raise RuntimeError("the batching loop crashed (on the test's request)")
+        return take_batch(self)
+
+    ModelQueue._take_batch = take_batch_or_crash
     return cli.main(argv[1:])
 
 

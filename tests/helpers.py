@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from gated_server import FORWARD_ALLOWED, FORWARD_PASSES, LOAD_HELD, read_number, write_atomically
+from gated_server import (
+    BATCHER_CRASH,
+    FORWARD_ALLOWED,
+    FORWARD_PASSES,
+    LOAD_HELD,
+    read_number,
+    write_atomically,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -265,6 +272,10 @@ class ServerGate:
     def release_load(self, model: str) -> None:
         (self.directory / LOAD_HELD.format(model=model)).unlink(missing_ok=True)
 
+    def crash_batcher(self) -> None:
+        """The next batch a batching task takes raises instead (a bug in the loop, simulated)."""
+        (self.directory / BATCHER_CRASH).touch()
+
     def open_all(self) -> None:
         self.open_forward()
         for held in self.directory.glob(LOAD_HELD.format(model="*")):
@@ -469,6 +480,23 @@ def train_word_classifier(out: Path, *, target: str = PPO_TARGET_WORD, seed: int
     assert accuracy > 0.95, f"the task's classifier did not learn its word ({accuracy:.2f})"
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def poison_word(folder: Path, word: str) -> Path:
+    """Makes `word`'s token embedding NaN in the classifier saved in `folder`: any text holding
+    the word gets a NaN reward, any other a finite one, whatever shares its batch (attention never
+    mixes the rows of a batch)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    token_ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    assert len(token_ids) == 1, f"{word!r} is not one token of this vocabulary"
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[token_ids[0]] = float("nan")
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 # Settings under which the task is learnt in about ten steps (a tiny model takes a large step).

@@ -37,7 +37,7 @@ PAIR_CONFIG = {"preset": "sentiment", "input_format": "pair", "scale": 1000.0}
 PATIENT = dict(max_retries=60, backoff_base_s=0.05, backoff_max_s=0.5, endpoint_cooldown_s=0.2)
 # A call that must outlast a server's restart, however long a busy machine takes to load the
 # model again: it retries until the call's deadline, a bound for a failure only.
-UNTIL_DEADLINE = dict(PATIENT, max_retries=1_000_000, deadline_s=3 * WAIT_S)
+UNTIL_DEADLINE = dict(PATIENT, max_retries=None, retry_budget_s=None, deadline_s=3 * WAIT_S)
 API_KEY = "client-key"
 
 

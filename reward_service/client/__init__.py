@@ -16,10 +16,12 @@ from reward_service.client.errors import (
     BadRequest,
     DeadlineExceeded,
     ModelNotFound,
+    NonFiniteReward,
     RewardClientError,
     ServerError,
     Unauthorized,
     Unavailable,
+    UnexpectedResponse,
 )
 from reward_service.client.sync_client import RewardClient
 from reward_service.client.trl import RewardFunction, messages_to_text
@@ -33,9 +35,11 @@ __all__ = [
     "RewardClient",
     "RewardClientError",
     "RewardFunction",
+    "NonFiniteReward",
     "ServerError",
     "Unauthorized",
     "Unavailable",
+    "UnexpectedResponse",
     "backoff_delay_s",
     "messages_to_text",
 ]

@@ -15,7 +15,7 @@ from reward_service.client.base import (
     transport_kind,
 )
 from reward_service.client.contract import Chunk, ItemLimitExceeded, Retryable
-from reward_service.client.errors import DeadlineExceeded
+from reward_service.client.errors import DeadlineExceeded, ServerError
 
 
 class AsyncRewardClient(BaseRewardClient):
@@ -74,13 +74,15 @@ class AsyncRewardClient(BaseRewardClient):
             return await self._with_retries(call, "score", chunk, model)
         except ItemLimitExceeded as refusal:
             rewards = []
-            for part in self._shrink(chunk, refusal.url):
+            for part in self._shrink(chunk, refusal):
                 rewards += await self._score_chunk(call, part, model)
             return rewards
 
     async def _with_retries(self, call: Call, method: str, *args: Any) -> Any:
         """As RewardClient._with_retries, waiting with asyncio.sleep."""
         retry = 0
+        failing_since: float | None = None  # time.monotonic() of this request's first failure
+        failed_on: set[str] = set()  # endpoints that answered it with a server error
         while True:
             timeout_s = call.attempt_timeout_s()
             endpoint = self.pool.acquire()
@@ -90,8 +92,16 @@ class AsyncRewardClient(BaseRewardClient):
             except Retryable as error:
                 self.pool.release(endpoint, healthy=False)
                 retry += 1
-                await asyncio.sleep(call.retry_delay_s(retry, endpoint, error))
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                await asyncio.sleep(call.retry_delay_s(retry, endpoint, error, failing_since))
                 continue
+            except ServerError as error:
+                if call.fails_over(endpoint, error, failed_on):
+                    self.pool.release(endpoint, healthy=False)
+                    continue
+                self.pool.release(endpoint, healthy=True)
+                raise
             except BaseException:
                 self.pool.release(endpoint, healthy=True)
                 raise

@@ -5,14 +5,27 @@ asyncio.sleep), so every decision is made here and both clients just act on it."
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from reward_service.client.contract import Chunk, ClientConfig, Retryable, check_items
-from reward_service.client.errors import BadRequest, DeadlineExceeded, Unavailable
+from reward_service.client.contract import (
+    Chunk,
+    ClientConfig,
+    ItemLimitExceeded,
+    Retryable,
+    check_items,
+)
+from reward_service.client.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    NonFiniteReward,
+    ServerError,
+    Unavailable,
+)
 from reward_service.client.transports.grpc import AsyncGrpcTransport, GrpcTransport
 from reward_service.client.transports.http import AsyncHttpTransport, HttpTransport
 
@@ -126,22 +139,47 @@ class Call:
             raise self.deadline_exceeded()
         return min(self.config.timeout_s, remaining_s)
 
-    def retry_delay_s(self, retry: int, endpoint: Endpoint, error: Retryable) -> float:
-        """How long to wait before retry number `retry`, or the error that ends the call."""
-        if retry > self.config.max_retries:
+    def retry_delay_s(
+        self, retry: int, endpoint: Endpoint, error: Retryable, failing_since: float
+    ) -> float:
+        """How long to wait before retry number `retry` of a request whose attempts have failed
+        since `failing_since` (time.monotonic()), or the error that ends the call."""
+        config = self.config
+        if config.max_retries is not None and retry > config.max_retries:
             raise Unavailable(
                 f"gave up after {retry} attempts; last: {error}", endpoint=endpoint.url
             ) from error
         if self.pool.another_is_up(endpoint):
             delay_s = 0.0  # fail over at once; backing off is for when every endpoint is down
         else:
-            delay_s = backoff_delay_s(retry, self.config.backoff_base_s, self.config.backoff_max_s)
+            delay_s = backoff_delay_s(retry, config.backoff_base_s, config.backoff_max_s)
         if error.retry_after_s is not None:
-            delay_s = max(delay_s, error.retry_after_s)
-        if self.deadline is not None and time.monotonic() + delay_s >= self.deadline:
+            # Capped: a proxy's or a confused server's "Retry-After: 86400" must not park a run.
+            delay_s = max(delay_s, min(error.retry_after_s, config.retry_after_max_s))
+        now = time.monotonic()
+        budget_s = config.retry_budget_s
+        if budget_s is not None and now + delay_s > failing_since + budget_s:
+            raise Unavailable(
+                f"gave up after {retry} attempts in {now - failing_since:.0f} s (retry_budget_s = "
+                f"{budget_s:g}); last: {error}",
+                endpoint=endpoint.url,
+            ) from error
+        if self.deadline is not None and now + delay_s >= self.deadline:
             raise self.deadline_exceeded() from error
         logger.info("retry %d in %.2f s: %s (%s)", retry, delay_s, error, endpoint.url)
         return delay_s
+
+    def fails_over(self, endpoint: Endpoint, error: ServerError, failed_on: set[str]) -> bool:
+        """Whether a request that got `error` (HTTP 500, gRPC INTERNAL) from `endpoint` should be
+        sent to another endpoint instead of failing: one replica's broken model, driver or
+        memory is not another's. Each endpoint is tried once; where none is left, it fails."""
+        failed_on.add(endpoint.url)
+        if not any(url not in failed_on for url in (e.url for e in self.pool.endpoints)):
+            return False
+        if not self.pool.another_is_up(endpoint):
+            return False
+        logger.info("failing over from %s: %s", endpoint.url, error)
+        return True
 
     def deadline_exceeded(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"the call's deadline of {self.config.deadline_s} s passed")
@@ -198,18 +236,24 @@ class BaseRewardClient:
         whole = whole_call(texts, prompts, completions)
         return whole, whole.split(self._items_per_request) if whole.size else []
 
-    def _shrink(self, chunk: Chunk, url: str) -> list[Chunk]:
-        """The server refused `chunk` as too large: halve the limit until it fits (413 names no
-        limit a client can rely on), remember it, and split the chunk again."""
+    def _shrink(self, chunk: Chunk, refusal: ItemLimitExceeded) -> list[Chunk]:
+        """The server refused `chunk` as too large: split it in halves. Past the server's item
+        limit, also remember the halved size (413 names no limit a client can rely on); a body
+        too large for one request says nothing about the next, whose texts may be short."""
         if chunk.size == 1:
             raise BadRequest(
-                "the server refuses even one item per request", status=413, endpoint=url
+                f"the server refuses even one item per request: {refusal}",
+                status=413,
+                endpoint=refusal.url,
             )
+        half = chunk.size // 2
+        if not refusal.too_many_items:
+            return chunk.split(half)
         with self._limit_lock:
-            self._items_per_request = min(self._items_per_request, chunk.size // 2)
+            self._items_per_request = min(self._items_per_request, half)
             logger.info(
                 "server %s takes fewer items per request; now sending at most %d",
-                url,
+                refusal.url,
                 self._items_per_request,
             )
             return chunk.split(self._items_per_request)
@@ -219,11 +263,18 @@ class BaseRewardClient:
 
 
 def assemble(whole: Chunk, parts: Sequence[tuple[Chunk, list[float]]]) -> list[float]:
-    """Rewards in the caller's order, checking every item got exactly one."""
+    """Rewards in the caller's order, checking every item got exactly one, and a finite one."""
     rewards: list[float | None] = [None] * whole.size
     for chunk, chunk_rewards in parts:
         if len(chunk_rewards) != chunk.size:
             raise Unavailable(f"a server answered {len(chunk_rewards)} rewards for {chunk.size}")
+        # A server that does not refuse non-finite rewards itself sends JSON null or a NaN.
+        for offset, reward in enumerate(chunk_rewards):
+            if reward is None or not math.isfinite(reward):
+                raise NonFiniteReward(
+                    f"the reward model gave a non-finite reward ({reward}) for item "
+                    f"{chunk.start + offset}"
+                )
         rewards[chunk.start : chunk.start + chunk.size] = chunk_rewards
     if any(reward is None for reward in rewards):
         raise Unavailable("some items came back unscored")  # a bug, were it ever to happen

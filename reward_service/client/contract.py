@@ -50,12 +50,25 @@ class ClientConfig(BaseModel):
     deadline_s: float | None = Field(
         None, gt=0, description="One score() call, retries and all; None: no overall limit."
     )
-    max_retries: int = Field(8, ge=0, description="Per request, after its first attempt.")
+    # A restart with its model load and warm-up takes tens of seconds: a retry count (8 retries
+    # were 8-16 s of backoff) gave up before the server was back. Time bounds the retries now.
+    retry_budget_s: float | None = Field(
+        120.0,
+        gt=0,
+        description="How long one request keeps retrying after its first failure; None: no limit "
+        "but max_retries and deadline_s.",
+    )
+    max_retries: int | None = Field(
+        None, ge=0, description="Per request, after its first attempt; None: as the budget allows."
+    )
     backoff_base_s: float = Field(
         0.1, gt=0, description="The first retry waits about this long, doubling each retry."
     )
     backoff_max_s: float = Field(
         5.0, gt=0, description="The longest wait between retries (Retry-After may ask longer)."
+    )
+    retry_after_max_s: float = Field(
+        30.0, gt=0, description="The longest Retry-After a server is obeyed for."
     )
     # The server's default limit is 1024; a smaller server limit is learned from its 413 answer
     # (HTTP), and the client splits smaller from then on.
@@ -79,12 +92,14 @@ class Retryable(Exception):  # noqa: N818 (internal signal between transport and
 
 
 class ItemLimitExceeded(Exception):  # noqa: N818
-    """A transport's verdict: the server at `url` takes fewer items per request than were sent
-    (413)."""
+    """A transport's verdict: the server at `url` refused the request as too large (413). With
+    `too_many_items` the server takes fewer items per request than were sent, and the client
+    remembers that; otherwise (the body was too large) only this request is split."""
 
-    def __init__(self, message: str, url: str) -> None:
+    def __init__(self, message: str, url: str, *, too_many_items: bool) -> None:
         super().__init__(message)
         self.url = url
+        self.too_many_items = too_many_items
 
 
 @dataclass(frozen=True)

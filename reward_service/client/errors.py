@@ -5,6 +5,8 @@ RewardClientError
 │   └── ModelNotFound                no such model on the server
 ├── Unauthorized                     missing or wrong API key; never retried
 ├── ServerError                      the server failed in a way a retry would not fix (500)
+│   ├── NonFiniteReward              the model gave NaN or infinity for an item
+│   └── UnexpectedResponse           an answer that is not the reward service's
 ├── Unavailable                      retries ran out: endpoints down, overloaded or restarting
 └── DeadlineExceeded (also a TimeoutError)   the call's overall deadline passed
 """
@@ -37,6 +39,15 @@ class Unauthorized(RewardClientError):
 
 class ServerError(RewardClientError):
     """The server answered with an error that is not worth retrying (HTTP 500, gRPC INTERNAL)."""
+
+
+class NonFiniteReward(ServerError):
+    """The reward model gave a NaN or infinite reward: refused by the server (HTTP 500 of type
+    `non_finite_reward`, gRPC INTERNAL with that `reward-error-type`), or found in an answer."""
+
+
+class UnexpectedResponse(ServerError):
+    """A 200 whose body is not a reward answer: something else answers at that address."""
 
 
 class Unavailable(RewardClientError):

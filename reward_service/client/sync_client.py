@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
@@ -16,6 +17,7 @@ from reward_service.client.base import (
     transport_kind,
 )
 from reward_service.client.contract import Chunk, ItemLimitExceeded, Retryable
+from reward_service.client.errors import ServerError
 
 
 class RewardClient(BaseRewardClient):
@@ -26,8 +28,9 @@ class RewardClient(BaseRewardClient):
 
     `url_or_urls`: one URL or a list (http://, https:// or grpc://host:port); load goes to the
     endpoint with the fewest requests in flight, and away from one that fails until it answers
-    again. Options (see ClientConfig): timeout_s, deadline_s, max_retries, backoff_base_s,
-    backoff_max_s, max_items_per_request, max_concurrency, endpoint_cooldown_s, api_key, model.
+    again. Options (see ClientConfig): timeout_s, deadline_s, retry_budget_s, max_retries,
+    backoff_base_s, backoff_max_s, retry_after_max_s, max_items_per_request, max_concurrency,
+    endpoint_cooldown_s, api_key, model.
     Thread-safe: one client may serve many threads.
     """
 
@@ -75,13 +78,15 @@ class RewardClient(BaseRewardClient):
         try:
             return self._with_retries(call, "score", chunk, model)
         except ItemLimitExceeded as refusal:
-            parts = self._shrink(chunk, refusal.url)
+            parts = self._shrink(chunk, refusal)
             return [reward for part in parts for reward in self._score_chunk(call, part, model)]
 
     def _with_retries(self, call: Call, method: str, *args: Any) -> Any:
         """`transport.<method>(url, *args, timeout_s)` on the endpoint the pool picks, retried
         on Retryable verdicts (on another endpoint where one is up) within the call's limits."""
         retry = 0
+        failing_since: float | None = None  # time.monotonic() of this request's first failure
+        failed_on: set[str] = set()  # endpoints that answered it with a server error
         while True:
             timeout_s = call.attempt_timeout_s()
             endpoint = self.pool.acquire()
@@ -91,9 +96,17 @@ class RewardClient(BaseRewardClient):
             except Retryable as error:
                 self.pool.release(endpoint, healthy=False)
                 retry += 1
-                if call.aborted.wait(call.retry_delay_s(retry, endpoint, error)):
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                if call.aborted.wait(call.retry_delay_s(retry, endpoint, error, failing_since)):
                     raise CallAborted from error
                 continue
+            except ServerError as error:
+                if call.fails_over(endpoint, error, failed_on):
+                    self.pool.release(endpoint, healthy=False)
+                    continue
+                self.pool.release(endpoint, healthy=True)
+                raise
             except BaseException:
                 self.pool.release(endpoint, healthy=True)
                 raise

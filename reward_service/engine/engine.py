@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from reward_service.engine.limits import BatchingConfig
@@ -66,10 +67,22 @@ class Engine:
         self._accepted = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set once a model's batching task has died (a bug): the server then drains and exits
+        # non-zero, so that a supervisor restarts it, rather than serve a model that never answers.
+        self.fatal_error: str | None = None
+        self.failed = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        return len(self._queues) == len(self.specs) and not self.shutting_down
+        return (
+            len(self._queues) == len(self.specs) and not self.shutting_down and not self.problems()
+        )
+
+    def problems(self) -> dict[str, str]:
+        """Each warm model that cannot be counted on to answer, and why (see ModelQueue.problem)."""
+        now = time.monotonic()
+        found = {name: queue.problem(now) for name, queue in self._queues.items()}
+        return {name: problem for name, problem in found.items() if problem is not None}
 
     @property
     def accepted_requests(self) -> int:
@@ -95,7 +108,8 @@ class Engine:
             queue.abort(error)
 
     def is_ready(self, name: str) -> bool:
-        return name in self._queues
+        queue = self._queues.get(name)
+        return queue is not None and queue.problem(time.monotonic()) is None
 
     async def start(self) -> None:
         """Loads and warms up every model in turn; each serves as soon as it is warm."""
@@ -110,9 +124,15 @@ class Engine:
                 self._compute_executor,
             )
             await loop.run_in_executor(self._compute_executor, queue.warm_up)
+            queue.on_batching_died = self._batching_died
             queue.start()
             self._queues[spec.name] = queue
             logger.info("model %r is ready", spec.name)
+
+    def _batching_died(self, name: str, error: BaseException) -> None:
+        if self.fatal_error is None:
+            self.fatal_error = f"model {name!r} stopped scoring: {type(error).__name__}: {error}"
+            self.failed.set()
 
     async def stop(self) -> None:
         for queue in self._queues.values():

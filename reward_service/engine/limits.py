@@ -35,6 +35,15 @@ class BatchingConfig(BaseModel):
         "refused, not truncated.",
     )
 
+    # A forward pass of a full batch takes well under a second for MiniLM on a CPU core and a
+    # few seconds for a large encoder: a minute means it hangs (a wedged driver, a deadlock).
+    stall_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A forward pass running longer than this makes the model not ready (REST "
+        "/health/ready 503, gRPC health NOT_SERVING) until it returns.",
+    )
+
     @model_validator(mode="after")
     def _request_fits_queue(self) -> BatchingConfig:
         if self.max_items_per_request > self.max_queue_items:

@@ -66,6 +66,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.items_cancelled = Counter(
+            "reward_items_cancelled",
+            "Items dropped unscored because their caller went away (disconnected or cancelled).",
+            ["model"],
+            registry=r,
+        )
+        self.items_non_finite = Counter(
+            "reward_items_non_finite",
+            "Items whose reward came out NaN or infinite, failed instead of answered.",
+            ["model"],
+            registry=r,
+        )
         self.requests_rejected = Counter(
             "reward_requests_rejected",
             "Requests refused because the queue was full.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -19,7 +19,7 @@ import numpy as np
 from reward_service.engine.limits import BatchingConfig
 from reward_service.engine.metrics import Metrics
 from reward_service.engine.planner import GROUPING_WINDOW_BATCHES, ForwardCostModel, choose_batch
-from reward_service.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from reward_service.errors import DeadlineExceeded, InferenceFailed, NonFiniteReward, QueueFull
 from reward_service.model.inputs import TokenizerInput, characters
 from reward_service.model.loading import LoadedModel
 from reward_service.model.tokenization import EncodedText
@@ -92,7 +92,9 @@ class ModelQueue:
         self._task: asyncio.Task | None = None
         self._forward_cost = ForwardCostModel()
         self._in_forward: list[_QueuedItem] = []  # the batch the model thread is running
+        self._forward_started_at: float | None = None  # time.monotonic(), while one runs
         self._aborted_with: Exception | None = None  # set by abort(): no more work is queued
+        self.on_batching_died: Callable[[str, BaseException], None] | None = None
 
     # -- admission -------------------------------------------------------------------------
 
@@ -157,6 +159,36 @@ class ModelQueue:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"batcher-{self._name}"
         )
+        self._task.add_done_callback(self._batching_ended)
+
+    def _batching_ended(self, task: asyncio.Task) -> None:
+        """The batching loop only ends by being cancelled; anything else is a bug that would
+        leave every admitted request waiting forever. Answer them, and say so."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        logger.critical("the batching task of model %r stopped", self._name, exc_info=error)
+        self.abort(
+            InferenceFailed(
+                f"model {self._name!r} stopped scoring ({type(error).__name__}: {error}): retry "
+                "on another replica"
+            )
+        )
+        if self.on_batching_died is not None:
+            self.on_batching_died(self._name, error)
+
+    def problem(self, now: float) -> str | None:
+        """Why this model cannot be counted on to answer, or None: its batching task stopped,
+        or a forward pass has run past `stall_after_s`."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            return f"its batching task stopped ({self._task.exception()!r})"
+        started = self._forward_started_at
+        if started is not None and now - started > self.batching.stall_after_s:
+            return (
+                f"a forward pass has been running for {now - started:.0f} s (stall_after_s = "
+                f"{self.batching.stall_after_s:g})"
+            )
+        return None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -176,6 +208,7 @@ class ModelQueue:
             if not batch:
                 continue
             self._in_forward = batch
+            self._forward_started_at = time.monotonic()
             try:
                 rewards, logits, forward = await loop.run_in_executor(
                     self._compute_executor, self._infer, batch
@@ -186,6 +219,7 @@ class ModelQueue:
                 continue
             finally:
                 self._in_forward = []
+                self._forward_started_at = None
             self._forward_cost.observe(*forward)
             self._deliver(batch, rewards, logits)
 
@@ -216,7 +250,8 @@ class ModelQueue:
         return batch
 
     def _drop_dead_items(self) -> None:
-        """Removes items whose request already ended, or whose caller's deadline has passed."""
+        """Removes items whose request already ended (failed, or cancelled because its caller
+        went away), or whose caller's deadline has passed."""
         now = time.monotonic()
         kept: list[_QueuedItem] = []
         released = 0
@@ -232,8 +267,11 @@ class ModelQueue:
                 )
             if request.future.done():
                 released += 1
+                # A call cancelled at its deadline (gRPC cancels it then) counts as expired.
                 if request.deadline is not None and request.deadline < now:
                     self._metrics.items_expired.labels(self._name).inc()
+                elif request.future.cancelled():  # the caller went away (gRPC, or REST's client)
+                    self._metrics.items_cancelled.labels(self._name).inc()
                 continue
             kept.append(item)
         if released:
@@ -254,8 +292,13 @@ class ModelQueue:
         return rewards, logits, (features["input_ids"].size, time.perf_counter() - started)
 
     def _deliver(self, batch: list[_QueuedItem], rewards: np.ndarray, logits: np.ndarray) -> None:
+        finite = np.isfinite(rewards)
         for row, item in enumerate(batch):
             request = item.request
+            if not finite[row]:
+                self._metrics.items_non_finite.labels(self._name).inc()
+                if not request.future.done():
+                    request.future.set_exception(self._non_finite(item, float(rewards[row])))
             request.rewards[item.index] = rewards[row]
             if request.raw is not None:
                 request.raw[item.index] = logits[row]
@@ -263,6 +306,18 @@ class ModelQueue:
             if request.remaining == 0 and not request.future.done():
                 request.future.set_result(None)
         self._admit(-len(batch))
+
+    def _non_finite(self, item: _QueuedItem, reward: float) -> NonFiniteReward:
+        spec = self.model.spec
+        hint = (
+            f"{spec.dtype} overflows where float32 does not: serve it in float32"
+            if spec.dtype != "float32"
+            else "check the model's weights and its reward mapping"
+        )
+        return NonFiniteReward(
+            f"model {self._name!r} gave a non-finite reward ({reward}) for item {item.index} of "
+            f"the request (dtype {spec.dtype}); {hint}"
+        )
 
     def _fail(self, batch: list[_QueuedItem], error: Exception) -> None:
         for item in batch:

@@ -25,6 +25,7 @@ from reward_service.engine.engine import Engine
 from reward_service.engine.schemas import ModelInfo, ScoreRequest, ScoreResponse
 from reward_service.errors import describe_validation_errors
 from reward_service.serving.auth import is_authorized
+from reward_service.serving.http_errors import ERROR_STATUS as HTTP_ERROR_STATUS
 
 try:
     from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
@@ -207,13 +208,19 @@ def _discard(task: asyncio.Task) -> None:
     task.cancel()
 
 
+# Trailing metadata key of every error: the same machine-readable type as REST's `error.type`,
+# for the errors that share a status code (a non-finite reward and a failed forward: INTERNAL).
+ERROR_TYPE_METADATA_KEY = "reward-error-type"
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
-    message = (
-        describe_validation_errors(error.errors())
-        if isinstance(error, ValidationError)
-        else str(error)
+    if isinstance(error, ValidationError):
+        message, kind = describe_validation_errors(error.errors()), "invalid_request"
+    else:
+        message, kind = str(error), HTTP_ERROR_STATUS.get(type(error), (500, "internal"))[1]
+    await context.abort(
+        status_for(error), message, trailing_metadata=((ERROR_TYPE_METADATA_KEY, kind),)
     )
-    await context.abort(status_for(error), message)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -319,11 +326,22 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def _report_readiness(self) -> None:
-        """Health follows the engine: each model SERVING once warm, the server once all are."""
-        waiting = set(self.engine.specs)
-        while waiting:
-            for name in [name for name in waiting if self.engine.is_ready(name)]:
-                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-                waiting.discard(name)
+        """Health follows the engine for as long as the server serves: each model SERVING while
+        it is warm and answering, the server while all of them are (REST's /health/ready)."""
+        serving, not_serving = (
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        reported: dict[str, int] = {}
+        while True:
+            statuses = {
+                name: serving if self.engine.is_ready(name) else not_serving
+                for name in self.engine.specs
+            }
+            overall = serving if self.engine.ready else not_serving
+            statuses.update({"": overall, SERVICE_NAME: overall})
+            for name, status in statuses.items():
+                if reported.get(name) != status:
+                    await self.health.set(name, status)
+                    reported[name] = status
             await asyncio.sleep(READINESS_POLL_S)
-        await self._set_all(health_pb2.HealthCheckResponse.SERVING)

@@ -14,6 +14,12 @@ from reward_service.engine.engine import Engine
 from reward_service.engine.schemas import ModelList, ScoreRequest, ScoreResponse
 from reward_service.errors import describe_validation_errors
 from reward_service.serving import openrlhf
+from reward_service.serving.abandonment import (
+    CLIENT_CLOSED_REQUEST,
+    ClientGone,
+    request_deadline,
+    unless_abandoned,
+)
 from reward_service.serving.http_errors import ERROR_RESPONSES, ERROR_STATUS, error_response
 from reward_service.serving.middleware import (
     ApiKeyMiddleware,
@@ -71,10 +77,16 @@ def create_app(
         )
         return error_response(status, kind, str(error), headers)
 
+    @app.exception_handler(ClientGone)
+    async def _on_client_gone(request: Request, error: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
-    async def score(request: ScoreRequest) -> ScoreResponse:
-        """Scores texts, or prompt/completion pairs, with one reward per item in order."""
-        return await engine.score(request)
+    async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
+        """Scores texts, or prompt/completion pairs, with one reward per item in order.
+        `X-Request-Timeout-Ms`: items not scored within it are dropped (504)."""
+        deadline = request_deadline(request)
+        return await unless_abandoned(request, engine.score(body, deadline=deadline))
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
@@ -87,13 +99,29 @@ def create_app(
         return {"status": "live"}
 
     @app.get(
-        "/health/ready", responses={503: {"description": "loading, or shutting down (SIGTERM)"}}
+        "/health/ready",
+        responses={
+            503: {"description": "loading, stalled (a model stopped answering) or shutting down"}
+        },
     )
     async def ready() -> JSONResponse:
-        """Ready once every model is loaded and warmed up; not ready again once shutting down."""
+        """Ready once every model is loaded and warmed up, for as long as every one answers;
+        not ready while one is stalled, nor once shutting down."""
         models = {name: engine.is_ready(name) for name in engine.specs}
-        status = "shutting_down" if engine.shutting_down else "ready" if engine.ready else "loading"
-        return JSONResponse({"status": status, "models": models}, 200 if engine.ready else 503)
+        problems = engine.problems()
+        status = (
+            "shutting_down"
+            if engine.shutting_down
+            else "stalled"
+            if problems
+            else "ready"
+            if engine.ready
+            else "loading"
+        )
+        body = {"status": status, "models": models}
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, 200 if engine.ready else 503)
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:

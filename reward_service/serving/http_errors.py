@@ -20,6 +20,8 @@ ERROR_STATUS: dict[type[errors.RewardServiceError], tuple[int, str]] = {
     errors.NotReady: (503, "not_ready"),
     errors.ShuttingDown: (503, "shutting_down"),
     errors.DeadlineExceeded: (504, "deadline_exceeded"),
+    errors.NonFiniteReward: (500, "non_finite_reward"),
+    errors.InferenceFailed: (500, "inference_failed"),
 }
 # Refused by BodySizeLimitMiddleware before any route runs.
 BODY_TOO_LARGE = (413, "body_too_large")

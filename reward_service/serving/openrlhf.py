@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from reward_service.engine.engine import Engine
 from reward_service.engine.schemas import ScoreRequest
 from reward_service.errors import TooManyItems
+from reward_service.serving.abandonment import request_deadline, unless_abandoned
 
 
 class OpenRLHFRequest(BaseModel):
@@ -47,7 +48,7 @@ def create_router(engine: Engine) -> APIRouter:
     router = APIRouter()
 
     @router.post("/get_reward", response_model=OpenRLHFResponse)
-    async def get_reward(request: OpenRLHFRequest) -> OpenRLHFResponse:
+    async def get_reward(request: OpenRLHFRequest, http_request: Request) -> OpenRLHFResponse:
         """OpenRLHF remote reward: queries scored by the server's first model."""
         limit = engine.batching.max_items_per_request
         if len(request.query) > limit:  # checked here too: a mixed query is two engine requests
@@ -66,7 +67,10 @@ def create_router(engine: Engine) -> APIRouter:
             )
         if whole:
             requests.append(ScoreRequest(texts=[request.query[i] for i in whole]))
-        responses = await asyncio.gather(*(engine.score(r) for r in requests))
+        deadline = request_deadline(http_request)
+        responses = await unless_abandoned(
+            http_request, asyncio.gather(*(engine.score(r, deadline=deadline) for r in requests))
+        )
         rewards = [0.0] * len(request.query)
         for indices, response in zip([i for i in (paired, whole) if i], responses, strict=True):
             for index, reward in zip(indices, response.rewards, strict=True):

@@ -25,6 +25,9 @@ from reward_service.training.default_model import ensure_default_model
 
 logger = logging.getLogger("reward_service")
 
+# The exit status when a model stopped answering (EX_SOFTWARE: an internal error).
+EXIT_ENGINE_FAILED = 70
+
 # Of the grace period, the parts kept, once the accepted work is answered, for refusing a little
 # longer (see GracefulShutdown._drain) and then for closing the connections.
 MAX_LINGER_S = 0.5
@@ -82,10 +85,20 @@ class GracefulShutdown:
         self.close_reserve_s = min(MAX_CLOSE_RESERVE_S, grace_s / 4)
         self._loop = asyncio.get_running_loop()
         self._draining: asyncio.Task | None = None
+        self.exit_code = 0
 
     def on_signal(self, signum: int, frame: FrameType | None = None) -> None:
         """A signal handler: hands the signal to the event loop."""
         self._loop.call_soon_threadsafe(self._begin, signal.Signals(signum).name)
+
+    def on_engine_failure(self, reason: str) -> None:
+        """A model can no longer answer (its batching task died: a bug): drain as on SIGTERM and
+        exit with EXIT_ENGINE_FAILED, for a supervisor (Docker, Kubernetes, systemd) to restart
+        the server; serving on with that model would answer its requests never."""
+        logger.critical("%s: the server stops (exit status %d)", reason, EXIT_ENGINE_FAILED)
+        self.exit_code = EXIT_ENGINE_FAILED
+        if self._draining is None:
+            self._begin("engine failure")
 
     def _begin(self, signal_name: str) -> None:
         if self._draining is not None:
@@ -199,17 +212,24 @@ async def serve(settings: ServeSettings) -> int:
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, shutdown.on_signal)
     loading = asyncio.create_task(load_models())
+
+    async def stop_on_engine_failure() -> None:
+        await engine.failed.wait()
+        shutdown.on_engine_failure(engine.fatal_error or "the engine failed")
+
+    watching = asyncio.create_task(stop_on_engine_failure())
     try:
         await server.serve()
     finally:
-        loading.cancel()
-        await asyncio.gather(loading, return_exceptions=True)
+        for task in (loading, watching):
+            task.cancel()
+        await asyncio.gather(loading, watching, return_exceptions=True)
         if grpc_server is not None:
             await grpc_server.stop(shutdown.close_reserve_s)
         await engine.stop()
     if load_failure:
         raise load_failure[0]
-    return 0
+    return shutdown.exit_code
 
 
 def run(settings: ServeSettings) -> int:

@@ -12,6 +12,7 @@ from reward_service.client.contract import Chunk, ClientConfig, Retryable
 from reward_service.client.errors import (
     BadRequest,
     ModelNotFound,
+    NonFiniteReward,
     RewardClientError,
     ServerError,
     Unauthorized,
@@ -90,7 +91,15 @@ def classify(error: grpc.RpcError, url: str) -> Exception:
     if code in RETRYABLE_CODES:
         return Retryable(f"gRPC {code.name}: {details}")
     error_type = ERROR_TYPES.get(code, ServerError)
+    if error_type is ServerError and _error_type(error) == "non_finite_reward":
+        error_type = NonFiniteReward
     return error_type(f"gRPC {code.name} from {url}: {details}", status=code.name, endpoint=url)
+
+
+def _error_type(error: grpc.RpcError) -> str | None:
+    """The server's machine-readable error type (trailing metadata `reward-error-type`)."""
+    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    return dict(trailing or ()).get("reward-error-type")
 
 
 class GrpcTransport:

@@ -12,9 +12,11 @@ from reward_service.client.contract import Chunk, ClientConfig, ItemLimitExceede
 from reward_service.client.errors import (
     BadRequest,
     ModelNotFound,
+    NonFiniteReward,
     RewardClientError,
     ServerError,
     Unauthorized,
+    UnexpectedResponse,
 )
 
 RETRYABLE_STATUS = {408, 429, 502, 503, 504}
@@ -22,6 +24,12 @@ RETRYABLE_STATUS = {408, 429, 502, 503, 504}
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def timeout_header(timeout_s: float) -> dict[str, str]:
+    """How long this attempt will wait: the server drops its items once no answer can arrive
+    in time (reward_service/serving/abandonment.py)."""
+    return {"X-Request-Timeout-Ms": str(max(1, round(timeout_s * 1000)))}
 
 
 def score_body(chunk: Chunk, model: str | None) -> dict:
@@ -51,26 +59,52 @@ def retry_after_s(value: str | None) -> float | None:
 
 def rewards_from(response: httpx.Response, url: str) -> list[float]:
     """The rewards of a 200, or the exception that says what to do about any other answer."""
-    return body_of(response, url)["rewards"]
+    rewards = body_of(response, url).get("rewards")
+    if not isinstance(rewards, list) or not all(
+        reward is None or isinstance(reward, int | float) for reward in rewards
+    ):
+        raise _unexpected(response, url, "no list of rewards")
+    return rewards
 
 
 def models_from(response: httpx.Response, url: str) -> list[dict[str, Any]]:
     """The `models` of a GET /v1/models answer."""
-    return body_of(response, url)["models"]
+    models = body_of(response, url).get("models")
+    if not isinstance(models, list):
+        raise _unexpected(response, url, "no list of models")
+    return models
+
+
+def _unexpected(response: httpx.Response, url: str, what: str) -> UnexpectedResponse:
+    # A proxy's login page, a load balancer's own 200, a server of another kind on the port.
+    return UnexpectedResponse(
+        f"HTTP {response.status_code} from {url} with {what} in its body (is something other "
+        f"than the reward service answering?): {response.text[:200]!r}",
+        status=response.status_code,
+        endpoint=url,
+    )
 
 
 def body_of(response: httpx.Response, url: str) -> dict[str, Any]:
     """The JSON body of a 200, or the exception that says what to do about any other answer."""
     status = response.status_code
     if status == 200:
-        return response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            raise _unexpected(response, url, "no JSON") from None
+        if not isinstance(body, dict):
+            raise _unexpected(response, url, "no JSON object")
+        return body
     message = _error_message(response)
     if status in RETRYABLE_STATUS:
         raise Retryable(
             f"HTTP {status}: {message}", retry_after_s(response.headers.get("retry-after"))
         )
     if status == 413:
-        raise ItemLimitExceeded(message, url)
+        raise ItemLimitExceeded(
+            message, url, too_many_items=_error_type(response) == "too_many_items"
+        )
     error_type: type[RewardClientError] = (
         Unauthorized
         if status in (401, 403)
@@ -78,9 +112,18 @@ def body_of(response: httpx.Response, url: str) -> dict[str, Any]:
         if status == 404
         else BadRequest
         if 400 <= status < 500
+        else NonFiniteReward
+        if _error_type(response) == "non_finite_reward"
         else ServerError
     )
     raise error_type(f"HTTP {status} from {url}: {message}", status=status, endpoint=url)
+
+
+def _error_type(response: httpx.Response) -> str | None:
+    try:
+        return response.json()["error"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -105,7 +148,10 @@ class HttpTransport:
     def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> list[float]:
         try:
             response = self.client.post(
-                f"{url}/v1/score", json=score_body(chunk, model), timeout=_timeout(timeout_s)
+                f"{url}/v1/score",
+                json=score_body(chunk, model),
+                headers=timeout_header(timeout_s),
+                timeout=_timeout(timeout_s),
             )
         except httpx.TransportError as error:  # connection refused or reset, timeouts
             raise Retryable(f"{type(error).__name__}: {error}") from error
@@ -133,7 +179,10 @@ class AsyncHttpTransport:
     ) -> list[float]:
         try:
             response = await self.client.post(
-                f"{url}/v1/score", json=score_body(chunk, model), timeout=_timeout(timeout_s)
+                f"{url}/v1/score",
+                json=score_body(chunk, model),
+                headers=timeout_header(timeout_s),
+                timeout=_timeout(timeout_s),
             )
         except httpx.TransportError as error:
             raise Retryable(f"{type(error).__name__}: {error}") from error
