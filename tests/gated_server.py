@@ -25,6 +25,11 @@ FORWARD_PASSES = "forward-passes"
 FORWARD_ALLOWED = "forward-allowed"
 # Created by the test: while it exists, that model's backend is not loaded.
 LOAD_HELD = "load-held-{model}"
+# Written by the server: the most padded tokens (rows x columns) of any forward pass so far.
+LARGEST_FORWARD = "largest-forward"
+# Written by the test: a token id; a forward pass whose batch holds it raises (the stand-in for
+# an input the model's code can't take, or an out-of-memory at one item's length).
+FAILING_TOKEN = "failing-token"
 # Created by the test: the next time a batching task takes a batch, it raises (the stand-in for
 # a bug in the batching loop, which no input can trigger).
 BATCHER_CRASH = "batcher-crash"
@@ -68,6 +73,13 @@ class GatedBackend:
             if number <= allowed:
                 break
             time.sleep(POLL_S)
+        padded_tokens = int(np.asarray(features["input_ids"]).size)
+        with GatedBackend._lock:
+            if padded_tokens > (read_number(self.gate_dir / LARGEST_FORWARD) or 0):
+                write_atomically(self.gate_dir / LARGEST_FORWARD, str(padded_tokens))
+        failing = read_number(self.gate_dir / FAILING_TOKEN)
+        if failing is not None and (np.asarray(features["input_ids"]) == failing).any():
+            raise RuntimeError(f"the model cannot take token {failing} (on the test's request)")
         return self.backend.forward(features)
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import httpx
 from gated_server import (
     BATCHER_CRASH,
+    FAILING_TOKEN,
     FORWARD_ALLOWED,
     FORWARD_PASSES,
+    LARGEST_FORWARD,
     LOAD_HELD,
     read_number,
     write_atomically,
@@ -271,6 +273,14 @@ class ServerGate:
 
     def release_load(self, model: str) -> None:
         (self.directory / LOAD_HELD.format(model=model)).unlink(missing_ok=True)
+
+    def largest_forward(self) -> int:
+        """The most padded tokens (rows x columns) of any forward pass so far."""
+        return read_number(self.directory / LARGEST_FORWARD) or 0
+
+    def fail_forward_on(self, token_id: int) -> None:
+        """From now on, a forward pass whose batch holds `token_id` raises."""
+        write_atomically(self.directory / FAILING_TOKEN, str(token_id))
 
     def crash_batcher(self) -> None:
         """The next batch a batching task takes raises instead (a bug in the loop, simulated)."""

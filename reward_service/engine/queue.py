@@ -208,20 +208,40 @@ class ModelQueue:
             if not batch:
                 continue
             self._in_forward = batch
-            self._forward_started_at = time.monotonic()
             try:
-                rewards, logits, forward = await loop.run_in_executor(
-                    self._compute_executor, self._infer, batch
-                )
-            except Exception as error:  # keep serving: fail only this batch's requests
-                logger.exception("forward pass failed for model %s", self._name)
-                self._fail(batch, InferenceFailed(f"the forward pass failed: {error}"))
-                continue
+                await self._score(loop, batch)
             finally:
                 self._in_forward = []
-                self._forward_started_at = None
-            self._forward_cost.observe(*forward)
-            self._deliver(batch, rewards, logits)
+
+    async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[_QueuedItem]) -> None:
+        """Runs `batch` through the model and delivers its rewards. A forward pass that fails
+        is run again on each half, down to single items: one item that breaks the model (an
+        input its code can't take, an out-of-memory at its length) fails its own request only,
+        not every request that happened to share its batch."""
+        self._forward_started_at = time.monotonic()
+        try:
+            rewards, logits, forward = await loop.run_in_executor(
+                self._compute_executor, self._infer, batch
+            )
+        except Exception as error:  # keep serving
+            if len(batch) > 1:
+                logger.warning(
+                    "forward pass of %d items failed for model %s (%s): running each half again",
+                    len(batch),
+                    self._name,
+                    error,
+                )
+                half = len(batch) // 2
+                await self._score(loop, batch[:half])
+                await self._score(loop, batch[half:])
+                return
+            logger.exception("forward pass failed for model %s", self._name)
+            self._fail(batch, InferenceFailed(f"the forward pass failed: {error}"))
+            return
+        finally:
+            self._forward_started_at = None
+        self._forward_cost.observe(*forward)
+        self._deliver(batch, rewards, logits)
 
     async def _wait_for_fuller_batch(self) -> None:
         close_at = self._queue[0].enqueued_at + self.batching.max_wait_ms / 1000
@@ -338,8 +358,18 @@ class ModelQueue:
         self._metrics.queue_depth.labels(self._name).set(0)
 
     def warm_up(self) -> None:
-        """Runs in a thread before the model is marked ready: first passes allocate and compile."""
+        """Runs in a thread before the model is marked ready: first passes allocate and compile,
+        and the last is as large as a batch may be (max_batch_tokens, max_batch_size, the
+        model's max_length), so that a model that cannot fit one in memory fails at start, not
+        under the first real load."""
         encoder = self.model.encoder
         for batch_size, words in ((1, 8), (min(self.batching.max_batch_size, 8), 48)):
             encoded = encoder.encode(["warm up " * words] * batch_size)
             self.model.backend.forward(encoder.pad(encoded))
+        length = min(encoder.max_length, self.batching.max_batch_tokens)
+        batch_size = max(
+            1, min(self.batching.max_batch_size, self.batching.max_batch_tokens // length)
+        )
+        # At least one token per "warm", whatever the tokenizer: cut to exactly max_length.
+        encoded = encoder.encode(["warm " * length] * batch_size)
+        self.model.backend.forward(encoder.pad(encoded))
