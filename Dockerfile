@@ -61,4 +61,6 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 # SIGTERM: not ready, new requests refused, accepted ones answered, exit within
 # REWARD_SERVICE_SHUTDOWN_GRACE_S (25 s): run with `docker run --stop-timeout 30`.
 STOPSIGNAL SIGTERM
+# Bound to 0.0.0.0: without REWARD_SERVICE_API_KEY (or _API_KEY_FILE) the server makes a random
+# key and prints it once (docker logs); `--insecure-no-auth` serves without one (docs/production.md).
 ENTRYPOINT ["reward-service", "serve"]

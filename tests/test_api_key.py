@@ -177,11 +177,78 @@ def test_only_loopback_addresses_count_as_private(host, loopback):
     assert exposure_warning(host, has_api_key=True) is None
 
 
-def test_a_server_on_every_interface_without_a_key_warns_at_start(server_factory, folder):
+def test_a_server_on_every_interface_without_a_key_makes_one_and_prints_it_once(
+    server_factory, folder
+):
     server = server_factory(["--model", f"m={folder}", "--host", "0.0.0.0", "--grpc-port", "0"])
+    printed = [line.strip() for line in server.log().splitlines() if line.startswith("    ")]
+    assert len(printed) == 1, server.log()
+    key = printed[0]
+    assert len(key) >= 32
+    assert server.log().count(key) == 1
+    with RewardClient(server.url, api_key=None) as client, pytest.raises(Unauthorized):
+        client.score(texts=["a"])
+    with RewardClient(server.url, api_key=key) as client:
+        assert len(client.score(texts=["a"])) == 1
+    assert WARNING not in server.log()
+
+
+def test_only_an_explicit_flag_serves_every_interface_without_a_key_and_it_warns(
+    server_factory, folder
+):
+    args = ["--model", f"m={folder}", "--host", "0.0.0.0", "--grpc-port", "0"]
+    server = server_factory([*args, "--insecure-no-auth"])
     warnings = [line for line in server.log().splitlines() if WARNING in line]
     assert len(warnings) == 1
-    assert "WARNING" in warnings[0] and "--api-key" in warnings[0]
+    assert "WARNING" in warnings[0] and "--insecure-no-auth" in warnings[0]
+    with RewardClient(server.url) as client:
+        assert len(client.score(texts=["a"])) == 1
+
+
+def test_the_key_may_come_from_a_file(server_factory, folder, tmp_path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text(f"{KEY}\n")
+    server = server_factory(["--model", f"m={folder}", "--api-key-file", str(key_file)])
+    with RewardClient(server.url) as client, pytest.raises(Unauthorized):
+        client.score(texts=["a"])
+    with RewardClient(server.url, api_key=KEY) as client:
+        assert len(client.score(texts=["a"])) == 1
+
+
+@pytest.mark.parametrize(
+    ("contents", "message"),
+    [(None, "cannot read an API key"), ("\n", "holds no API key")],
+    ids=["missing", "empty"],
+)
+def test_an_unusable_key_file_is_a_clear_error(tmp_path, contents, message):
+    key_file = tmp_path / "api-key"
+    if contents is not None:
+        key_file.write_text(contents)
+    with pytest.raises(ValueError, match=message):
+        ServeSettings(api_key_file=key_file).resolved_api_key()
+
+
+def test_a_key_and_a_key_file_together_are_refused():
+    with pytest.raises(ValueError, match="not both"):
+        ServeSettings(api_key=KEY, api_key_file="api-key")
+
+
+def test_model_listings_show_a_local_folder_by_its_name_unless_paths_are_asked_for(
+    server, server_factory, folder
+):
+    def sources(served, **client_options) -> list[str]:
+        with RewardClient(served.url, **client_options) as client:
+            return [entry["source"] for entry in client.list_models()]
+
+    assert sources(server, api_key=KEY) == [folder.name]
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        listed = stub.ListModels(
+            reward_pb2.ListModelsRequest(), metadata=(("authorization", f"Bearer {KEY}"),)
+        )
+    assert [info.source for info in listed.models] == [folder.name]
+    exposed = server_factory(["--model", f"m={folder}", "--expose-model-paths"])
+    assert sources(exposed) == [str(folder)]
 
 
 def test_a_server_with_a_key_or_on_loopback_does_not_warn(server, server_factory, folder):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from reward_service.engine.limits import BatchingConfig
 from reward_service.engine.metrics import Metrics
@@ -41,7 +42,11 @@ class Engine:
         specs: list[ModelSpec],
         batching: BatchingConfig | None = None,
         metrics: Metrics | None = None,
+        *,
+        expose_model_paths: bool = False,
     ) -> None:
+        """`expose_model_paths`: list a local model by its path, not only its folder's name
+        (a path tells a caller about the machine's layout)."""
         if not specs:
             raise ValueError("an engine needs at least one model")
         names = [spec.name for spec in specs]
@@ -51,6 +56,7 @@ class Engine:
         self.default_model = specs[0].name
         self.batching = batching or BatchingConfig()
         self.metrics = metrics or Metrics()
+        self.expose_model_paths = expose_model_paths
         self._queues: dict[str, ModelQueue] = {}
         # Tokenisation runs off the event loop; the Rust tokenizer releases the GIL.
         self._tokenize_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
@@ -192,6 +198,11 @@ class Engine:
             raise NotReady(f"model {name!r} is still loading; retry when /health/ready says ready")
         return queue
 
+    def _public_source(self, source: str) -> str:
+        if self.expose_model_paths or not Path(source).expanduser().exists():
+            return source  # a hub id, or paths allowed
+        return Path(source.rstrip("/")).name
+
     def model_infos(self) -> list[ModelInfo]:
         return [self._model_info(spec) for spec in self.specs.values()]
 
@@ -200,7 +211,7 @@ class Engine:
         if queue is None:
             return ModelInfo(
                 name=spec.name,
-                source=spec.source,
+                source=self._public_source(spec.source),
                 backend=spec.backend,
                 device=spec.device,
                 dtype=spec.dtype,
@@ -212,7 +223,7 @@ class Engine:
         model = queue.model
         return ModelInfo(
             name=spec.name,
-            source=spec.source,
+            source=self._public_source(spec.source),
             backend=model.backend.name,
             device=model.backend.device,
             dtype=model.backend.dtype,

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -40,7 +41,9 @@ def build_engine(settings: ServeSettings) -> Engine:
     specs = settings.model_specs(default_source)
     for spec in specs:
         resolve_model_folder(spec.source, allow_pickle=spec.allow_pickle)
-    return Engine(specs, settings.batching, Metrics())
+    return Engine(
+        specs, settings.batching, Metrics(), expose_model_paths=settings.expose_model_paths
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -59,9 +62,28 @@ def exposure_warning(host: str, has_api_key: bool) -> str | None:
     if has_api_key or is_loopback(host):
         return None
     return (
-        f"listening on {host} without an API key: anyone who can reach this address can use the "
-        "server; pass --api-key (or set REWARD_SERVICE_API_KEY), or bind --host 127.0.0.1"
+        f"listening on {host} without an API key (--insecure-no-auth): anyone who can reach this "
+        "address can use the server"
     )
+
+
+def api_key_for(settings: ServeSettings) -> str | None:
+    """The key the server requires. An address other than loopback is never served open by
+    accident: without a key (and without --insecure-no-auth) the server makes a random one and
+    prints it once, as Jupyter does with its token."""
+    key = settings.resolved_api_key()
+    if key is not None or is_loopback(settings.host) or settings.insecure_no_auth:
+        return key
+    key = secrets.token_urlsafe(32)
+    print(
+        f"reward-service: {settings.host} is reachable from other machines and no API key was "
+        f"given, so this run requires this one:\n\n    {key}\n\n(send it as `Authorization: "
+        "Bearer KEY`; choose your own with --api-key-file or REWARD_SERVICE_API_KEY, or serve "
+        "without one with --insecure-no-auth)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return key
 
 
 class GracefulShutdown:
@@ -169,7 +191,7 @@ class _Server(uvicorn.Server):
 async def serve(settings: ServeSettings) -> int:
     """Serves until SIGINT/SIGTERM; listens at once, and /health/ready says when models are warm."""
     engine = build_engine(settings)
-    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    api_key = api_key_for(settings)
     warning = exposure_warning(settings.host, api_key is not None)
     if warning:
         logger.warning(warning)

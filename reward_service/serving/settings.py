@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reward_service.cache import default_cache_dir
@@ -49,6 +49,21 @@ class ServeSettings(BaseSettings):
         "token, `Authorization: Bearer KEY`, and gRPC reward calls as `authorization` metadata; "
         "REWARD_SERVICE_API_KEY keeps it out of the process list.",
     )
+    api_key_file: Path | None = Field(
+        None,
+        description="A file whose first line is the API key (a mounted secret): out of the "
+        "process list and the environment.",
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="Serve an address other than loopback without an API key. Without it, such "
+        "a server makes a random key and prints it once.",
+    )
+    expose_model_paths: bool = Field(
+        False,
+        description="Show each model's local path in /v1/models and ListModels; by default a "
+        "local folder shows as its name only (a hub id shows in full).",
+    )
     # Under the 30 s that Kubernetes (terminationGracePeriodSeconds) waits before SIGKILL.
     shutdown_grace_s: float = Field(
         25.0,
@@ -80,6 +95,26 @@ class ServeSettings(BaseSettings):
         default_factory=dict,
         description="RewardMapping fields that override each model folder's reward_config.json.",
     )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ServeSettings:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give the API key once: --api-key or --api-key-file, not both")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        """The key from --api-key or the first line of --api-key-file; None without either."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is None:
+            return None
+        try:
+            key = self.api_key_file.read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as error:
+            raise ValueError(f"cannot read an API key from {self.api_key_file}: {error}") from None
+        if not key:
+            raise ValueError(f"{self.api_key_file} holds no API key on its first line")
+        return key
 
     def model_specs(self, default_source: str | None = None) -> list[ModelSpec]:
         entries = self.models or (
