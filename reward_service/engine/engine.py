@@ -56,7 +56,14 @@ class Engine:
         self.default_model = specs[0].name
         self.batching = batching or BatchingConfig()
         self.metrics = metrics or Metrics()
-        self.expose_model_paths = expose_model_paths
+        # What /v1/models shows as each model's source, decided once: a local folder by its
+        # name (unless paths are exposed), a hub id as given.
+        self._public_sources = {
+            spec.name: spec.source
+            if expose_model_paths or not Path(spec.source).expanduser().exists()
+            else Path(spec.source.rstrip("/")).name
+            for spec in specs
+        }
         self._queues: dict[str, ModelQueue] = {}
         # Tokenisation runs off the event loop; the Rust tokenizer releases the GIL.
         self._tokenize_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
@@ -198,11 +205,6 @@ class Engine:
             raise NotReady(f"model {name!r} is still loading; retry when /health/ready says ready")
         return queue
 
-    def _public_source(self, source: str) -> str:
-        if self.expose_model_paths or not Path(source).expanduser().exists():
-            return source  # a hub id, or paths allowed
-        return Path(source.rstrip("/")).name
-
     def model_infos(self) -> list[ModelInfo]:
         return [self._model_info(spec) for spec in self.specs.values()]
 
@@ -211,7 +213,7 @@ class Engine:
         if queue is None:
             return ModelInfo(
                 name=spec.name,
-                source=self._public_source(spec.source),
+                source=self._public_sources[spec.name],
                 backend=spec.backend,
                 device=spec.device,
                 dtype=spec.dtype,
@@ -223,7 +225,7 @@ class Engine:
         model = queue.model
         return ModelInfo(
             name=spec.name,
-            source=self._public_source(spec.source),
+            source=self._public_sources[spec.name],
             backend=model.backend.name,
             device=model.backend.device,
             dtype=model.backend.dtype,

@@ -108,20 +108,14 @@ def create_app(
         """Ready once every model is loaded and warmed up, for as long as every one answers;
         not ready while one is stalled, nor once shutting down."""
         models = {name: engine.is_ready(name) for name in engine.specs}
-        problems = engine.problems()
-        status = (
-            "shutting_down"
-            if engine.shutting_down
-            else "stalled"
-            if problems
-            else "ready"
-            if engine.ready
-            else "loading"
-        )
-        body = {"status": status, "models": models}
-        if problems:
-            body["problems"] = problems
-        return JSONResponse(body, 200 if engine.ready else 503)
+        body: dict = {"models": models}
+        if engine.shutting_down:
+            body["status"] = "shutting_down"
+        elif problems := engine.problems():
+            body.update(status="stalled", problems=problems)
+        else:
+            body["status"] = "ready" if all(models.values()) else "loading"
+        return JSONResponse(body, 200 if body["status"] == "ready" else 503)
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
