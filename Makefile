@@ -69,7 +69,7 @@ test: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
-# The whole RLHF process on real models, about 30 minutes on 2 cores (see docs/ppo.md, demo).
+# The whole RLHF process on real models, about 45 minutes on 2 cores (see docs/ppo.md, demo).
 demo: setup
 	$(BIN)/policy-trainer demo $(DEMO_ARGS)
 
