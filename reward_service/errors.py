@@ -25,6 +25,12 @@ class TooManyItems(RewardServiceError):
     """More items in one request than `max_items_per_request` (HTTP 413, gRPC INVALID_ARGUMENT)."""
 
 
+class TooManyCharacters(RewardServiceError):
+    """More characters in one request than `max_chars_per_request` (HTTP 413
+    `too_many_characters`, gRPC INVALID_ARGUMENT with that `reward-error-type`): the same items
+    split over several requests are taken."""
+
+
 class ModelNotFound(RewardServiceError):
     """The request names a model this server does not serve (HTTP 404, gRPC NOT_FOUND)."""
 

@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,6 +322,20 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextmanager
+def peak_rss(pid: int) -> Iterator[list[int]]:
+    """The process's peak resident memory over the block; yields [peak bytes] (filled at exit).
+    The kernel's own high-water mark (VmHWM), reset on entry: no peak slips between samples."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak to the current RSS
+    peak = [0]
+    try:
+        yield peak
+    finally:
+        status = Path(f"/proc/{pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        peak[0] = int(kib) * 1024
 
 
 def metric(server: RunningServer, name: str, **labels: str) -> float:

@@ -13,15 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import aiohttp
 import grpc
 import httpx
 import pytest
-from helpers import HTTP_TIMEOUT_S, WAIT_S, metric, positive_logits, wait_for
+from helpers import HTTP_TIMEOUT_S, WAIT_S, metric, peak_rss, positive_logits, wait_for
 
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
 
@@ -83,20 +80,6 @@ def server(server_factory, folder):
 @pytest.fixture(scope="module")
 def expected(folder) -> dict[str, float]:
     return positive_logits(folder, POOL)
-
-
-@contextmanager
-def peak_rss(pid: int) -> Iterator[list[int]]:
-    """The process's peak resident memory over the block; yields [peak bytes] (filled at exit).
-    The kernel's own high-water mark (VmHWM), reset on entry: no peak slips between samples."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak to the current RSS
-    peak = [0]
-    try:
-        yield peak
-    finally:
-        status = Path(f"/proc/{pid}/status").read_text()
-        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
-        peak[0] = int(kib) * 1024
 
 
 class Outcomes:

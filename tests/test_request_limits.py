@@ -13,7 +13,9 @@ import grpc
 import httpx
 import pytest
 from helpers import HTTP_TIMEOUT_S, REPO_ROOT, positive_logits
+from pydantic import ValidationError
 
+from reward_service.client import RewardClient
 from reward_service.engine.limits import BatchingConfig
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
 from reward_service.model.loading import load_model
@@ -23,6 +25,7 @@ from reward_service.serving.settings import ServeSettings
 MAX_BODY_BYTES = 65536
 MAX_ITEMS = 8
 MAX_CHARS = 1000
+MAX_REQUEST_CHARS = 4000
 GRPC_MAX_MESSAGE_BYTES = 65536
 
 
@@ -42,6 +45,7 @@ def server(server_factory, folder):
             f"--max-body-bytes={MAX_BODY_BYTES}",
             f"--max-items-per-request={MAX_ITEMS}",
             f"--max-chars-per-item={MAX_CHARS}",
+            f"--max-chars-per-request={MAX_REQUEST_CHARS}",
             f"--grpc-max-message-bytes={GRPC_MAX_MESSAGE_BYTES}",
         ]
     )
@@ -211,6 +215,44 @@ def test_an_item_of_exactly_the_character_limit_is_scored(server, stub):
     )
 
 
+# -- characters per request -----------------------------------------------------------------------
+
+
+def request_of_many_characters() -> list[str]:
+    """Five items of 900 characters: each within the item limit, 4,500 together."""
+    return [f"review {index} " + "the film was good " * 49 for index in range(5)]
+
+
+def test_a_request_over_the_character_budget_is_413_and_invalid_argument(server, stub, folder):
+    texts = request_of_many_characters()
+
+    response = post_score(server, {"texts": texts})
+    failure = grpc_failure(stub.Score, reward_pb2.ScoreRequest(texts=texts))
+
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "too_many_characters"
+    assert f"at most {MAX_REQUEST_CHARS}" in response.json()["error"]["message"]
+    assert failure.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(failure.trailing_metadata())["reward-error-type"] == "too_many_characters"
+    assert_still_serving(server, folder)
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_the_client_splits_a_request_over_the_character_budget(server, transport):
+    texts = request_of_many_characters()
+    url = server.url if transport == "http" else f"grpc://{server.grpc_target}"
+    with RewardClient(url) as client:
+        rewards = client.score(texts=texts)
+        assert client.items_per_request == 256  # a budget of characters says nothing of items
+    one_by_one = [post_score(server, {"texts": [text]}).json()["rewards"][0] for text in texts]
+    assert rewards == pytest.approx(one_by_one, abs=1e-4)
+
+
+def test_an_item_limit_over_the_request_budget_is_refused_at_start():
+    with pytest.raises(ValidationError, match="must not exceed max_chars_per_request"):
+        BatchingConfig(max_chars_per_item=5000, max_chars_per_request=4000)
+
+
 # -- gRPC message size ----------------------------------------------------------------------------
 
 
@@ -243,6 +285,7 @@ def readme_limit_defaults() -> dict[str, str]:
         ("grpc-max-message-bytes", ServeSettings.model_fields["grpc_max_message_bytes"].default),
         ("max-items-per-request", BatchingConfig.model_fields["max_items_per_request"].default),
         ("max-chars-per-item", BatchingConfig.model_fields["max_chars_per_item"].default),
+        ("max-chars-per-request", BatchingConfig.model_fields["max_chars_per_request"].default),
         ("max-queue-items", BatchingConfig.model_fields["max_queue_items"].default),
         ("shutdown-grace-s", ServeSettings.model_fields["shutdown_grace_s"].default),
     ],

@@ -18,6 +18,7 @@ from reward_service.errors import (
     ModelNotFound,
     NotReady,
     ShuttingDown,
+    TooManyCharacters,
     TooManyItems,
 )
 from reward_service.model.inputs import characters, format_inputs
@@ -175,7 +176,7 @@ class Engine:
                 f"{request.item_count} items in one request; this server takes at most "
                 f"{self.batching.max_items_per_request}: split the request"
             )
-        check_item_lengths(request, self.batching.max_chars_per_item)
+        check_characters(request, self.batching)
         try:
             inputs = format_inputs(
                 queue.model.mapping,
@@ -237,13 +238,21 @@ class Engine:
         )
 
 
-def check_item_lengths(request: ScoreRequest, max_chars: int) -> None:
-    """Refuses the first item longer than `max_chars` characters (a pair counts both texts)."""
+def check_characters(request: ScoreRequest, limits: BatchingConfig) -> None:
+    """Refuses the first item longer than `max_chars_per_item` characters (a pair counts both
+    texts), and a request longer than `max_chars_per_request` in all."""
     items = request.texts or zip(request.prompts or (), request.completions or (), strict=True)
+    total = 0
     for index, item in enumerate(items):
         length = characters(item)
-        if length > max_chars:
+        if length > limits.max_chars_per_item:
             raise ItemTooLong(
-                f"item {index} has {length} characters; this server takes at most {max_chars} "
-                "per item (text, or prompt + completion)"
+                f"item {index} has {length} characters; this server takes at most "
+                f"{limits.max_chars_per_item} per item (text, or prompt + completion)"
             )
+        total += length
+    if total > limits.max_chars_per_request:
+        raise TooManyCharacters(
+            f"the request has {total} characters; this server takes at most "
+            f"{limits.max_chars_per_request} per request: split the request"
+        )

@@ -34,6 +34,13 @@ class BatchingConfig(BaseModel):
         description="Characters in one text (or prompt + completion), at most; longer items are "
         "refused, not truncated.",
     )
+    # What the tokenizer may be asked to read for one request: 1,024 items of 4,096 characters,
+    # about 2 s of one tokenizer thread. A request past it gets 413 and the client splits it.
+    max_chars_per_request: int = Field(
+        4_194_304,
+        ge=1,
+        description="Characters in one request (every text, prompt and completion), at most.",
+    )
 
     # A forward pass of a full batch takes well under a second for MiniLM on a CPU core and a
     # few seconds for a large encoder: a minute means it hangs (a wedged driver, a deadlock).
@@ -50,5 +57,11 @@ class BatchingConfig(BaseModel):
             raise ValueError(
                 f"max_items_per_request ({self.max_items_per_request}) must not exceed "
                 f"max_queue_items ({self.max_queue_items}): such a request could never be admitted"
+            )
+        if self.max_chars_per_item > self.max_chars_per_request:
+            raise ValueError(
+                f"max_chars_per_item ({self.max_chars_per_item}) must not exceed "
+                f"max_chars_per_request ({self.max_chars_per_request}): a longest item could "
+                "never be sent"
             )
         return self

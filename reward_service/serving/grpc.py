@@ -48,6 +48,7 @@ ERROR_STATUS: dict[type[errors.RewardServiceError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ItemTooLong: grpc.StatusCode.INVALID_ARGUMENT,
     errors.TooManyItems: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.TooManyCharacters: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.NotReady: grpc.StatusCode.UNAVAILABLE,

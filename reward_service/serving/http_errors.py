@@ -15,6 +15,7 @@ ERROR_STATUS: dict[type[errors.RewardServiceError], tuple[int, str]] = {
     errors.InvalidRequest: (422, "invalid_request"),
     errors.ItemTooLong: (422, "item_too_long"),
     errors.TooManyItems: (413, "too_many_items"),
+    errors.TooManyCharacters: (413, "too_many_characters"),
     errors.ModelNotFound: (404, "model_not_found"),
     errors.QueueFull: (429, "queue_full"),
     errors.NotReady: (503, "not_ready"),

@@ -255,6 +255,9 @@ async def serve(settings: ServeSettings) -> int:
 
 
 def run(settings: ServeSettings) -> int:
+    # The Rust tokenizer's batch calls otherwise spread over every core, taking them from the
+    # forward pass; the server tokenises on one thread of its own (read on every call).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import uvloop
     except ImportError:  # uvloop is optional (and absent on Windows); asyncio works too

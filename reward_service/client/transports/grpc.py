@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from reward_service.client.contract import Chunk, ClientConfig, Retryable
+from reward_service.client.contract import Chunk, ClientConfig, ItemLimitExceeded, Retryable
 from reward_service.client.errors import (
     BadRequest,
     ModelNotFound,
@@ -90,6 +90,8 @@ def classify(error: grpc.RpcError, url: str) -> Exception:
     code, details = error.code(), error.details()
     if code in RETRYABLE_CODES:
         return Retryable(f"gRPC {code.name}: {details}")
+    if _error_type(error) == "too_many_characters":  # the same items fit in smaller requests
+        return ItemLimitExceeded(f"gRPC {code.name}: {details}", url, too_many_items=False)
     error_type = ERROR_TYPES.get(code, ServerError)
     if error_type is ServerError and _error_type(error) == "non_finite_reward":
         error_type = NonFiniteReward
