@@ -287,6 +287,18 @@ def readme_limit_defaults() -> dict[str, str]:
         ("max-chars-per-item", BatchingConfig.model_fields["max_chars_per_item"].default),
         ("max-chars-per-request", BatchingConfig.model_fields["max_chars_per_request"].default),
         ("max-queue-items", BatchingConfig.model_fields["max_queue_items"].default),
+        ("max-connections", ServeSettings.model_fields["max_connections"].default),
+        ("timeout-request-start-s", ServeSettings.model_fields["timeout_request_start_s"].default),
+        (
+            "timeout-request-complete-s",
+            ServeSettings.model_fields["timeout_request_complete_s"].default,
+        ),
+        (
+            "grpc-max-concurrent-rpcs",
+            ServeSettings.model_fields["grpc_max_concurrent_rpcs"].default,
+        ),
+        ("grpc-keepalive-s", ServeSettings.model_fields["grpc_keepalive_s"].default),
+        ("grpc-max-idle-s", ServeSettings.model_fields["grpc_max_idle_s"].default),
         ("shutdown-grace-s", ServeSettings.model_fields["shutdown_grace_s"].default),
     ],
 )

@@ -72,6 +72,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.http_read_timeouts = Counter(
+            "reward_http_read_timeouts",
+            "REST connections closed because a request's headers or body did not arrive in time.",
+            ["phase"],
+            registry=r,
+        )
         self.items_non_finite = Counter(
             "reward_items_non_finite",
             "Items whose reward came out NaN or infinite, failed instead of answered.",

@@ -65,6 +65,7 @@ READINESS_POLL_S = 0.05
 # RESOURCE_EXHAUSTED; a small unary call waits there in about 11 KiB (measured), so 4,096 waiting
 # calls cost under 50 MiB. Past this many, gRPC still cancels (clients retry CANCELLED).
 MAX_PENDING_CALLS = 4096
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:
@@ -266,13 +267,22 @@ class GrpcServer:
         host: str,
         port: int,
         max_message_bytes: int,
+        max_concurrent_rpcs: int | None = None,
+        keepalive_s: float = 60.0,
+        max_idle_s: float = 300.0,
         api_key: str | None = None,
     ) -> None:
         self.engine = engine
         self.address = f"{host}:{port}"
         self.server = grpc.aio.server(
             interceptors=[ApiKeyInterceptor(api_key)] if api_key else None,
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
+                # Ping a connection idle this long and drop it if the ping goes unanswered: a
+                # peer that vanished without closing holds nothing for long.
+                ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.max_connection_idle_ms", int(max_idle_s * 1000)),
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # gRPC sets SO_REUSEPORT by default: a second server on a busy port would then

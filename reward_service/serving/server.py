@@ -21,6 +21,7 @@ from reward_service.errors import ModelLoadError, ShuttingDown
 from reward_service.model.loading import resolve_model_folder
 from reward_service.serving.grpc import GrpcServer
 from reward_service.serving.http import create_app
+from reward_service.serving.http_protocol import deadline_protocol
 from reward_service.serving.settings import ServeSettings
 from reward_service.training.default_model import ensure_default_model
 
@@ -205,6 +206,12 @@ async def serve(settings: ServeSettings) -> int:
             access_log=settings.access_log,
             lifespan="off",
             timeout_graceful_shutdown=min(MAX_CLOSE_RESERVE_S, settings.shutdown_grace_s / 4),
+            limit_concurrency=settings.max_connections,
+            http=deadline_protocol(
+                request_start_s=settings.timeout_request_start_s,
+                request_complete_s=settings.timeout_request_complete_s,
+                on_timeout=lambda phase: engine.metrics.http_read_timeouts.labels(phase).inc(),
+            ),
         )
     )
     load_failure: list[ModelLoadError] = []
@@ -224,6 +231,9 @@ async def serve(settings: ServeSettings) -> int:
             host=settings.host,
             port=settings.grpc_port,
             max_message_bytes=settings.grpc_max_message_bytes,
+            max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+            keepalive_s=settings.grpc_keepalive_s,
+            max_idle_s=settings.grpc_max_idle_s,
             api_key=api_key,
         )
         await grpc_server.start()

@@ -64,6 +64,43 @@ class ServeSettings(BaseSettings):
         description="Show each model's local path in /v1/models and ListModels; by default a "
         "local folder shows as its name only (a hub id shows in full).",
     )
+    # Connection caps and read deadlines: a slow or stalled client can't pin connections or memory.
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="REST connections open at once, at most; past it uvicorn answers new "
+        "requests 503 (clients retry).",
+    )
+    timeout_request_start_s: float = Field(
+        10.0,
+        gt=0,
+        description="A REST request's headers must arrive within this many seconds of its "
+        "first byte (of the connection's opening, for the first); else the connection closes.",
+    )
+    timeout_request_complete_s: float = Field(
+        60.0,
+        gt=0,
+        description="A whole REST request, body included, must arrive within this many "
+        "seconds; else the connection closes and its items are dropped (16 MiB in 60 s needs "
+        "about 2.2 Mbit/s).",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        1024,
+        ge=1,
+        description="gRPC calls handled at once, at most; past it RESOURCE_EXHAUSTED.",
+    )
+    grpc_keepalive_s: float = Field(
+        60.0,
+        gt=0,
+        description="The server pings a gRPC connection idle this long, and closes it if the "
+        "ping goes unanswered for 20 s (a vanished peer).",
+    )
+    grpc_max_idle_s: float = Field(
+        300.0,
+        gt=0,
+        description="A gRPC connection with no call for this long is closed (clients reconnect "
+        "on their next call).",
+    )
     # Under the 30 s that Kubernetes (terminationGracePeriodSeconds) waits before SIGKILL.
     shutdown_grace_s: float = Field(
         25.0,

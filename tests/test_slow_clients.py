@@ -1,0 +1,98 @@
+"""Clients that send part of a request and stall, against a real server: a thousand sockets with
+partial headers and twenty 16 MiB bodies one byte short. Health and scoring still answer, memory
+stays bounded by what the stalled bodies sent, and the server closes every stalled socket."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+import httpx
+import pytest
+from helpers import HTTP_TIMEOUT_S, metric, peak_rss, wait_for
+
+PARTIAL_HEADERS = 1000
+STALLED_BODIES = 20
+BODY_BYTES = 16 * 1024 * 1024  # the default --max-body-bytes
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(server_factory, tiny_model_factory):
+    folder = tiny_model_factory(
+        "slow-clients", labels=["NEGATIVE", "POSITIVE"], reward_config={"preset": "sentiment"}
+    )
+    # Shorter deadlines than the defaults (10 s and 60 s) only so that the test ends sooner;
+    # the connection cap is the default 1,024, which the stalled sockets come close to.
+    return server_factory(
+        ["--model", f"m={folder}", "--timeout-request-start-s=3", "--timeout-request-complete-s=6"]
+    )
+
+
+def connect(server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=HTTP_TIMEOUT_S)
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed the socket: a read sees the end of the stream (or a reset),
+    not a timeout."""
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1 << 16) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_stalled_requests_hold_nothing_for_long_and_others_are_answered(server):
+    stalled: list[socket.socket] = []
+    with peak_rss(server.process.pid) as peak:
+        before = rss(server.process.pid)
+        for _ in range(PARTIAL_HEADERS):
+            sock = connect(server)
+            sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: reward\r\nContent-Type: applic")
+            stalled.append(sock)
+        bodies = [connect(server) for _ in range(STALLED_BODIES)]
+        one_byte_short = b"x" * (BODY_BYTES - 1)
+
+        def send_all_but_one_byte(sock: socket.socket) -> None:
+            sock.sendall(
+                b"POST /v1/score HTTP/1.1\r\nHost: reward\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % BODY_BYTES
+            )
+            # Closed by the server's deadline while still sending: fine too.
+            with contextlib.suppress(OSError):
+                sock.sendall(one_byte_short)
+
+        senders = [threading.Thread(target=send_all_but_one_byte, args=(s,)) for s in bodies]
+        for sender in senders:
+            sender.start()
+        with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT_S) as client:
+            health = client.get("/health/ready")
+            scored = client.post("/v1/score", json={"texts": ["a fine film"]})
+        for sender in senders:
+            sender.join()
+        stalled.extend(bodies)
+        wait_for(
+            lambda: all(closed_by_server(sock) for sock in stalled),
+            "the server to close every stalled socket",
+        )
+
+    assert health.status_code == 200
+    assert scored.status_code == 200 and len(scored.json()["rewards"]) == 1
+    # Bounded by what the stalled bodies sent (20 x 16 MiB), with room for the parser's copies.
+    assert peak[0] - before < 2 * STALLED_BODIES * BODY_BYTES, f"{(peak[0] - before) / MIB} MiB"
+    assert metric(server, "reward_http_read_timeouts_total", phase="headers") >= PARTIAL_HEADERS
+    assert metric(server, "reward_http_read_timeouts_total", phase="body") >= STALLED_BODIES
+    for sock in stalled:
+        sock.close()
+    assert httpx.post(f"{server.url}/v1/score", json={"texts": ["still"]}).status_code == 200
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmRSS:"))
+    return int(kib) * 1024
