@@ -56,8 +56,10 @@ USER 10001
 WORKDIR /home/app
 EXPOSE 8000 50051
 # Ready = every model loaded and warm, and not shutting down (GET /health/ready answers 200).
+# With REWARD_SERVICE_SSL_CERTFILE set the probe speaks TLS to loopback, where the certificate's
+# name cannot match, so it does not verify it.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('REWARD_SERVICE_PORT', '8000') + '/health/ready', timeout=4)"]
+    CMD ["python", "-c", "import os, ssl, urllib.request; tls = bool(os.environ.get('REWARD_SERVICE_SSL_CERTFILE')); urllib.request.urlopen(('https' if tls else 'http') + '://127.0.0.1:' + os.environ.get('REWARD_SERVICE_PORT', '8000') + '/health/ready', timeout=4, context=ssl._create_unverified_context() if tls else None)"]
 # SIGTERM: not ready, new requests refused, accepted ones answered, exit within
 # REWARD_SERVICE_SHUTDOWN_GRACE_S (25 s): run with `docker run --stop-timeout 30`.
 STOPSIGNAL SIGTERM

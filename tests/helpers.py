@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -300,6 +301,7 @@ class RunningServer:
     log_path: Path
     grpc_port: int = 0  # 0: gRPC disabled
     gate: ServerGate | None = None  # started with gated=True
+    ca_file: Path | None = None  # served over TLS, with a certificate this CA file verifies
 
     @property
     def grpc_target(self) -> str:
@@ -307,7 +309,7 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -359,11 +361,13 @@ def start_server(
     port: int | None = None,
     gated: bool = False,
     held_loads: Sequence[str] = (),
+    ca_file: Path | None = None,
 ) -> RunningServer:
     """`reward-service serve` in a subprocess on a free loopback port (or `port`, to restart a
     stopped server where its clients expect it), as a user would run it. `gated`: through
     gated_server.py, with `server.gate` to hold its forward passes, and its loading of the
-    models named in `held_loads` held from the start."""
+    models named in `held_loads` held from the start. `ca_file`: the server is given a TLS
+    certificate (in `args`) that this CA file verifies."""
     port = port or free_port()
     # Every server gets its own gRPC port too, so that servers never contend for the default.
     if "--grpc-port" not in args:
@@ -387,7 +391,7 @@ def start_server(
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
         )
-    server = RunningServer(process, port, log_path, grpc_port, gate)
+    server = RunningServer(process, port, log_path, grpc_port, gate, ca_file)
     if wait_ready:
         wait_until_ready(server, timeout_s)
     return server
@@ -399,7 +403,9 @@ def wait_until_ready(server: RunningServer, timeout_s: float = WAIT_S) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200:
+            verify = ssl.create_default_context(cafile=server.ca_file) if server.ca_file else True
+            ready = httpx.get(f"{server.url}/health/ready", timeout=10, verify=verify)
+            if ready.status_code == 200:
                 return
         except httpx.TransportError:
             pass

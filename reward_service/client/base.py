@@ -31,7 +31,7 @@ from reward_service.client.transports.http import AsyncHttpTransport, HttpTransp
 
 logger = logging.getLogger("reward_service.client")
 
-SCHEMES = ("http://", "https://", "grpc://")
+SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
 
 
 def backoff_delay_s(
@@ -186,7 +186,7 @@ class Call:
 
 
 def transport_kind(url: str) -> str:
-    return "grpc" if url.startswith("grpc://") else "http"
+    return "grpc" if url.startswith(("grpc://", "grpcs://")) else "http"
 
 
 def make_transports(urls: Sequence[str], config: ClientConfig, *, asynchronous: bool) -> dict:
@@ -207,7 +207,8 @@ def parse_urls(url_or_urls: str | Sequence[str]) -> list[str]:
     for url in urls:
         if not url.startswith(SCHEMES):
             raise ValueError(
-                f"endpoint {url!r} needs a scheme: http://host:port, https://... or grpc://host:port"
+                f"endpoint {url!r} needs a scheme: http://host:port, https://..., "
+                "grpc://host:port or grpcs://host:port (TLS)"
             )
     return [url.rstrip("/") for url in urls]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,6 +82,11 @@ class ClientConfig(BaseModel):
         None, description="Sent as `Authorization: Bearer KEY` (HTTP header, gRPC metadata)."
     )
     model: str | None = Field(None, description="The served model; the server's first if None.")
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates that verify an https:// or grpcs:// server (for a "
+        "self-signed server, its own certificate); None: the system's CAs.",
+    )
 
 
 class Retryable(Exception):  # noqa: N818 (internal signal between transport and retry loop)

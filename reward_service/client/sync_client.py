@@ -26,11 +26,11 @@ class RewardClient(BaseRewardClient):
         with RewardClient("http://127.0.0.1:8000") as client:
             rewards = client.score(texts=["great movie", "dull"])
 
-    `url_or_urls`: one URL or a list (http://, https:// or grpc://host:port); load goes to the
-    endpoint with the fewest requests in flight, and away from one that fails until it answers
-    again. Options (see ClientConfig): timeout_s, deadline_s, retry_budget_s, max_retries,
-    backoff_base_s, backoff_max_s, retry_after_max_s, max_items_per_request, max_concurrency,
-    endpoint_cooldown_s, api_key, model.
+    `url_or_urls`: one URL or a list (http://, https://, grpc:// or grpcs://host:port); load
+    goes to the endpoint with the fewest requests in flight, and away from one that fails until
+    it answers again. Options (see ClientConfig): timeout_s, deadline_s, retry_budget_s,
+    max_retries, backoff_base_s, backoff_max_s, retry_after_max_s, max_items_per_request,
+    max_concurrency, endpoint_cooldown_s, api_key, model, ca_file.
     Thread-safe: one client may serve many threads.
     """
 

@@ -271,9 +271,12 @@ class GrpcServer:
         keepalive_s: float = 60.0,
         max_idle_s: float = 300.0,
         api_key: str | None = None,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """`tls`: the PEM certificate chain and private key to serve over TLS; None: plaintext."""
         self.engine = engine
         self.address = f"{host}:{port}"
+        self._tls = tls
         self.server = grpc.aio.server(
             interceptors=[ApiKeyInterceptor(api_key)] if api_key else None,
             maximum_concurrent_rpcs=max_concurrent_rpcs,
@@ -303,7 +306,12 @@ class GrpcServer:
 
     async def start(self) -> None:
         try:
-            self.server.add_insecure_port(self.address)
+            if self._tls is None:
+                self.server.add_insecure_port(self.address)
+            else:
+                certificate_chain, private_key = self._tls
+                credentials = grpc.ssl_server_credentials([(private_key, certificate_chain)])
+                self.server.add_secure_port(self.address, credentials)
         except RuntimeError as error:
             raise errors.GrpcBindError(
                 f"cannot listen for gRPC on {self.address} ({error}): pass another --grpc-port, "
@@ -312,7 +320,7 @@ class GrpcServer:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._readiness = asyncio.create_task(self._report_readiness())
-        logger.info("gRPC listening on %s", self.address)
+        logger.info("gRPC listening on %s%s", self.address, " (TLS)" if self._tls else "")
 
     async def begin_shutdown(self) -> None:
         """Health says NOT_SERVING from now on; calls are still served (the engine refuses new

@@ -207,6 +207,8 @@ async def serve(settings: ServeSettings) -> int:
             lifespan="off",
             timeout_graceful_shutdown=min(MAX_CLOSE_RESERVE_S, settings.shutdown_grace_s / 4),
             limit_concurrency=settings.max_connections,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
             http=deadline_protocol(
                 request_start_s=settings.timeout_request_start_s,
                 request_complete_s=settings.timeout_request_complete_s,
@@ -235,6 +237,7 @@ async def serve(settings: ServeSettings) -> int:
             keepalive_s=settings.grpc_keepalive_s,
             max_idle_s=settings.grpc_max_idle_s,
             api_key=api_key,
+            tls=settings.tls_files(),
         )
         await grpc_server.start()
     shutdown = GracefulShutdown(engine, server, grpc_server, settings.shutdown_grace_s)

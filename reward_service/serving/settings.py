@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reward_service.cache import default_cache_dir
@@ -63,6 +63,15 @@ class ServeSettings(BaseSettings):
         False,
         description="Show each model's local path in /v1/models and ListModels; by default a "
         "local folder shows as its name only (a hub id shows in full).",
+    )
+    # The names uvicorn gives them; the same files serve gRPC.
+    ssl_certfile: FilePath | None = Field(
+        None,
+        description="A PEM certificate (chain): REST and gRPC are then served over TLS only "
+        "(https://, grpcs://). Needs --ssl-keyfile.",
+    )
+    ssl_keyfile: FilePath | None = Field(
+        None, description="The certificate's PEM private key (unencrypted)."
     )
     # Connection caps and read deadlines: a slow or stalled client can't pin connections or memory.
     max_connections: int = Field(
@@ -137,7 +146,15 @@ class ServeSettings(BaseSettings):
     def _one_key_source(self) -> ServeSettings:
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("give the API key once: --api-key or --api-key-file, not both")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
         return self
+
+    def tls_files(self) -> tuple[bytes, bytes] | None:
+        """The certificate chain and private key, read; None when TLS is off."""
+        if self.ssl_certfile is None or self.ssl_keyfile is None:
+            return None
+        return self.ssl_certfile.read_bytes(), self.ssl_keyfile.read_bytes()
 
     def resolved_api_key(self) -> str | None:
         """The key from --api-key or the first line of --api-key-file; None without either."""

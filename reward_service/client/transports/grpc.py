@@ -51,7 +51,16 @@ CHANNEL_OPTIONS = [
 
 
 def target(url: str) -> str:
-    return url.removeprefix("grpc://")
+    return url.removeprefix("grpcs://").removeprefix("grpc://")
+
+
+def channel_credentials(url: str, config: ClientConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials for a grpcs:// URL (verified against `ca_file`, else the system's CAs);
+    None for plaintext grpc://."""
+    if not url.startswith("grpcs://"):
+        return None
+    roots = config.ca_file.read_bytes() if config.ca_file is not None else None
+    return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
 def metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
@@ -106,6 +115,7 @@ def _error_type(error: grpc.RpcError) -> str | None:
 
 class GrpcTransport:
     def __init__(self, config: ClientConfig) -> None:
+        self.config = config
         self.metadata = metadata(config.api_key)
         self._stubs: dict[str, tuple[grpc.Channel, reward_pb2_grpc.RewardServiceStub]] = {}
         self._lock = threading.Lock()
@@ -113,7 +123,12 @@ class GrpcTransport:
     def _stub(self, url: str) -> reward_pb2_grpc.RewardServiceStub:
         with self._lock:
             if url not in self._stubs:
-                channel = grpc.insecure_channel(target(url), options=CHANNEL_OPTIONS)
+                credentials = channel_credentials(url, self.config)
+                channel = (
+                    grpc.insecure_channel(target(url), options=CHANNEL_OPTIONS)
+                    if credentials is None
+                    else grpc.secure_channel(target(url), credentials, options=CHANNEL_OPTIONS)
+                )
                 self._stubs[url] = (channel, reward_pb2_grpc.RewardServiceStub(channel))
             return self._stubs[url][1]
 
@@ -143,12 +158,18 @@ class GrpcTransport:
 
 class AsyncGrpcTransport:
     def __init__(self, config: ClientConfig) -> None:
+        self.config = config
         self.metadata = metadata(config.api_key)
         self._stubs: dict[str, tuple[grpc.aio.Channel, reward_pb2_grpc.RewardServiceStub]] = {}
 
     def _stub(self, url: str) -> reward_pb2_grpc.RewardServiceStub:
         if url not in self._stubs:
-            channel = grpc.aio.insecure_channel(target(url), options=CHANNEL_OPTIONS)
+            credentials = channel_credentials(url, self.config)
+            channel = (
+                grpc.aio.insecure_channel(target(url), options=CHANNEL_OPTIONS)
+                if credentials is None
+                else grpc.aio.secure_channel(target(url), credentials, options=CHANNEL_OPTIONS)
+            )
             self._stubs[url] = (channel, reward_pb2_grpc.RewardServiceStub(channel))
         return self._stubs[url][1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import ssl
 import time
 from typing import Any
 
@@ -137,13 +138,24 @@ def _timeout(timeout_s: float) -> httpx.Timeout:
     return httpx.Timeout(timeout_s)
 
 
+def tls_verification(config: ClientConfig) -> ssl.SSLContext | bool:
+    """How https:// servers are verified: against `ca_file` if given, else the system's CAs."""
+    if config.ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(config.ca_file))
+
+
 def _limits(config: ClientConfig) -> httpx.Limits:
     return httpx.Limits(max_connections=max(config.max_concurrency, 10))
 
 
 class HttpTransport:
     def __init__(self, config: ClientConfig) -> None:
-        self.client = httpx.Client(headers=auth_headers(config.api_key), limits=_limits(config))
+        self.client = httpx.Client(
+            headers=auth_headers(config.api_key),
+            limits=_limits(config),
+            verify=tls_verification(config),
+        )
 
     def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> list[float]:
         try:
@@ -171,7 +183,9 @@ class HttpTransport:
 class AsyncHttpTransport:
     def __init__(self, config: ClientConfig) -> None:
         self.client = httpx.AsyncClient(
-            headers=auth_headers(config.api_key), limits=_limits(config)
+            headers=auth_headers(config.api_key),
+            limits=_limits(config),
+            verify=tls_verification(config),
         )
 
     async def score(
