@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -250,11 +251,14 @@ class RemoteReward:
         timeout_s: float = 60.0,
         max_wait_s: float = 600.0,
         api_key: str | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
+        """`ca_file`: PEM CA certificates that verify an https:// or grpcs:// service."""
         self.urls = [url] if isinstance(url, str) else list(url)
         self.inputs = inputs
         self.model = model
         self.api_key = api_key
+        self.ca_file = ca_file
         # Retries are bounded by the deadline, not by a count: a restart takes what it takes.
         self.client = RewardClient(
             self.urls,
@@ -263,6 +267,7 @@ class RemoteReward:
             deadline_s=max_wait_s,
             retry_budget_s=None,
             api_key=api_key,
+            ca_file=ca_file,
         )
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
@@ -280,7 +285,7 @@ class RemoteReward:
         # is down at the start leaves the record blank, and the run's scoring rides out the outage.
         try:
             with RewardClient(
-                self.urls, timeout_s=10, max_retries=0, api_key=self.api_key
+                self.urls, timeout_s=10, max_retries=0, api_key=self.api_key, ca_file=self.ca_file
             ) as client:
                 models = client.list_models()
         except RewardClientError:

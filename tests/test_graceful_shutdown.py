@@ -116,29 +116,38 @@ def test_sigterm_turns_readiness_false_refuses_new_requests_and_answers_the_acce
     assert "every accepted request answered" in server.log()
 
 
-def test_requests_still_unanswered_when_the_grace_period_ends_get_the_shutting_down_refusal(
-    folder, tmp_path
-):
-    # The batch would wait 10 minutes for company: far past the 6 s grace period.
-    server = start_server(
+def start_lonely_batch_server(folder, tmp_path, *, grace_s: float):
+    """A server whose batches wait 10 minutes for company (and hold 64 items): a request stays
+    queued, unanswered, for as long as the test needs."""
+    return start_server(
         [
             "--model",
             f"m={folder}",
             "--max-wait-ms=600000",
             "--max-batch-size=64",
-            "--shutdown-grace-s=6",
+            f"--shutdown-grace-s={grace_s}",
         ],
         tmp_path,
     )
+
+
+def submit_admitted(pool: ThreadPoolExecutor, server):
+    """One scoring request, returned once the server has admitted it."""
+    accepted = pool.submit(
+        httpx.post, f"{server.url}/v1/score", json={"texts": ["waits"]}, timeout=WAIT_S
+    )
+    wait_for(lambda: admitted_items(server) == 1, "the request to be admitted")
+    return accepted
+
+
+def test_requests_still_unanswered_when_the_grace_period_ends_get_the_shutting_down_refusal(
+    folder, tmp_path
+):
+    # The batch would wait 10 minutes for company: far past the 6 s grace period.
+    server = start_lonely_batch_server(folder, tmp_path, grace_s=6)
     try:
         with ThreadPoolExecutor(1) as pool:
-            accepted = pool.submit(
-                httpx.post,
-                f"{server.url}/v1/score",
-                json={"texts": ["waits"]},
-                timeout=HTTP_TIMEOUT_S,
-            )
-            wait_for(lambda: admitted_items(server) == 1, "the request to be admitted")
+            accepted = submit_admitted(pool, server)
             server.process.send_signal(signal.SIGTERM)
             answer = accepted.result()
         exit_code = server.process.wait(timeout=WAIT_S)
@@ -233,3 +242,48 @@ def test_sigterm_during_a_stream_of_requests_loses_no_accepted_request(folder, e
     assert sum(1 for _, outcome, _, _ in outcomes if outcome != ANSWERED) == len(clients)
     assert exit_code == 0
     assert "every accepted request answered" in server.log()
+
+
+def test_a_second_signal_answers_the_accepted_requests_at_once_and_exits_0(folder, tmp_path):
+    # The batch would wait 10 minutes for company, and the grace period is longer still: only
+    # the second signal can end this.
+    server = start_lonely_batch_server(folder, tmp_path, grace_s=900)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            accepted = submit_admitted(pool, server)
+            server.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: ready_status(server) == 503, "the drain to begin")
+            server.process.send_signal(signal.SIGTERM)
+            answer = accepted.result()
+        exit_code = server.process.wait(timeout=WAIT_S)
+    finally:
+        server.stop()
+
+    assert answer.status_code == 503
+    assert answer.json()["error"]["type"] == "shutting_down"
+    assert "at once" in answer.json()["error"]["message"]
+    assert exit_code == 0
+
+
+def test_a_forward_pass_hung_past_the_grace_period_ends_in_exit_status_1(folder, tmp_path):
+    """The request is answered when the grace period runs out; the hung pass keeps the process
+    alive, and the watchdog ends it with status 1."""
+    server = start_server(["--model", f"m={folder}", "--shutdown-grace-s=6"], tmp_path, gated=True)
+    try:
+        server.gate.hold_forward()
+        with ThreadPoolExecutor(1) as pool:
+            accepted = pool.submit(
+                httpx.post, f"{server.url}/v1/score", json={"texts": ["hangs"]}, timeout=WAIT_S
+            )
+            server.gate.wait_until_held()
+            server.process.send_signal(signal.SIGTERM)
+            answer = accepted.result()
+        exit_code = server.process.wait(timeout=WAIT_S)
+    finally:
+        server.gate.open_all()
+        server.stop()
+
+    assert answer.status_code == 503
+    assert answer.json()["error"]["type"] == "shutting_down"
+    assert exit_code == 1
+    assert "still running 6.0 s after the shutdown signal" in server.log()

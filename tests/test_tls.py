@@ -81,3 +81,16 @@ def test_a_client_that_does_not_trust_the_certificate_refuses_the_server(server,
         pytest.raises(RewardClientError),
     ):
         client.score(texts=TEXTS)
+
+
+@pytest.mark.parametrize("scheme", ["https", "grpcs"])
+def test_the_trainers_reward_scores_over_tls_with_its_ca_file(server, certificates, scheme):
+    from policy_trainer.rollout import RemoteReward
+
+    url = server.url if scheme == "https" else f"grpcs://{server.grpc_target}"
+    reward = RemoteReward(url, inputs="text", ca_file=certificates["ca"])
+    try:
+        assert len(reward(["a prompt, "] * 2, ["fine", "dull"])) == 2
+        assert reward.describe()["name"] == "m"
+    finally:
+        reward.close()

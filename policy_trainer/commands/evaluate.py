@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.reward_model,
         inputs=args.reward_inputs,
         api_key=os.environ.get("REWARD_SERVICE_API_KEY"),
+        ca_file=os.environ.get("REWARD_SERVICE_CA_FILE"),
         max_wait_s=args.reward_max_wait_s,
     )
     try:

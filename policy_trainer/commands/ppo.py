@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+from policy_trainer.commands.reward_flags import add_reward_access_arguments
 from policy_trainer.config import ConfigError, PPOConfig, build_config, settings_overrides
 from reward_service.flags import add_settings_arguments
 
@@ -48,11 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the run in RUN_DIR from its latest checkpoint, with its "
         "settings; only --reward-url may change",
     )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("REWARD_SERVICE_API_KEY"),
-        help="the reward service's API key (default: $REWARD_SERVICE_API_KEY)",
-    )
+    add_reward_access_arguments(parser)
     add_settings_arguments(
         parser, PPOConfig, "PPO settings (override --config; defaults in brackets)"
     )
@@ -112,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=config.reward_timeout_s,
         max_wait_s=config.reward_max_wait_s,
         api_key=args.api_key,
+        ca_file=args.reward_ca_file,
     )
     run_info = {
         "config": config.model_dump(mode="json"),

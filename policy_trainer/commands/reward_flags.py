@@ -1,11 +1,13 @@
-"""The reward-service flags that `evaluate` and `sample` share (each adds its own --reward-url:
-required for one, optional for the other)."""
+"""The reward-service flags that `evaluate`, `sample` and `ppo` share (each adds its own
+--reward-url: required for some, optional for others)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def add_reward_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +25,22 @@ def add_reward_arguments(parser: argparse.ArgumentParser) -> None:
         default=120.0,
         help="give up on a batch's scoring, retries included, after this many seconds "
         "(default %(default)s)",
+    )
+
+
+def add_reward_access_arguments(parser: argparse.ArgumentParser) -> None:
+    """--api-key and --reward-ca-file, from the environment by default."""
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("REWARD_SERVICE_API_KEY"),
+        help="the reward service's API key (default: $REWARD_SERVICE_API_KEY)",
+    )
+    parser.add_argument(
+        "--reward-ca-file",
+        type=Path,
+        default=os.environ.get("REWARD_SERVICE_CA_FILE"),
+        help="PEM CA certificates that verify an https:// or grpcs:// reward service (default: "
+        "$REWARD_SERVICE_CA_FILE, else the system's CAs)",
     )
 
 

@@ -5,11 +5,14 @@ on the reward service is stored too (never shown to raters)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from policy_trainer.commands.reward_flags import add_reward_arguments, command_failure
+from policy_trainer.commands.reward_flags import (
+    add_reward_access_arguments,
+    add_reward_arguments,
+    command_failure,
+)
 from policy_trainer.config import SampleOptions, settings_from_args
 from reward_service.flags import add_settings_arguments
 
@@ -36,11 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "replicas); the scores are stored, never shown to raters",
     )
     add_reward_arguments(parser)
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("REWARD_SERVICE_API_KEY"),
-        help="the reward service's API key (default: $REWARD_SERVICE_API_KEY)",
-    )
+    add_reward_access_arguments(parser)
     add_settings_arguments(parser, SampleOptions)
 
 
@@ -59,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.reward_model,
             inputs=args.reward_inputs,
             api_key=args.api_key,
+            ca_file=args.reward_ca_file,
             max_wait_s=args.reward_max_wait_s,
         )
     try:
