@@ -340,6 +340,15 @@ def peak_rss(pid: int) -> Iterator[list[int]]:
         peak[0] = int(kib) * 1024
 
 
+def rss(pid: int) -> int:
+    """The process's resident memory now, in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+        * 1024
+    )
+
+
 def metric(server: RunningServer, name: str, **labels: str) -> float:
     """One sample of the server's GET /metrics; 0 when the labelled series does not exist yet."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -10,7 +10,7 @@ import threading
 
 import httpx
 import pytest
-from helpers import HTTP_TIMEOUT_S, metric, peak_rss
+from helpers import HTTP_TIMEOUT_S, metric, peak_rss, rss
 
 ITEMS = 511
 ITEM_CHARS = 32768  # the default --max-chars-per-item
@@ -60,9 +60,3 @@ def test_a_body_of_the_longest_items_leaves_memory_bounded_and_others_answered(s
     assert peak[0] - before < MEMORY_GROWTH_LIMIT, f"grew {(peak[0] - before) / MIB:.0f} MiB"
     assert ordinary and set(ordinary) == {200}
     assert metric(server, "reward_items_truncated_total", model="m") >= ITEMS
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        kib = next(line.split()[1] for line in status if line.startswith("VmRSS:"))
-    return int(kib) * 1024

@@ -10,7 +10,7 @@ import threading
 
 import httpx
 import pytest
-from helpers import HTTP_TIMEOUT_S, metric, peak_rss, wait_for
+from helpers import HTTP_TIMEOUT_S, metric, peak_rss, rss, wait_for
 
 PARTIAL_HEADERS = 1000
 STALLED_BODIES = 20
@@ -90,9 +90,3 @@ def test_stalled_requests_hold_nothing_for_long_and_others_are_answered(server):
     for sock in stalled:
         sock.close()
     assert httpx.post(f"{server.url}/v1/score", json={"texts": ["still"]}).status_code == 200
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        kib = next(line.split()[1] for line in status if line.startswith("VmRSS:"))
-    return int(kib) * 1024

@@ -256,7 +256,12 @@ class _CutText:
 
     def take(self, encoding: Encoding) -> None:
         self.encoding = encoding
-        self.exact = _tokens_outside_split_word(encoding.word_ids, self._side, self.is_cut)
+        # Word ids are a Python list per token: read them only for a cut text, not per request.
+        self.exact = (
+            _tokens_outside_split_word(encoding.word_ids, self._side)
+            if self.is_cut
+            else len(encoding.ids)
+        )
 
     def release(self) -> list[int]:
         """The token ids; the tokenizer's encoding (~100 bytes a token) is let go."""
@@ -282,11 +287,11 @@ class _CutText:
         return max(kept, len(other.encoding.ids) if not other.is_cut else kept) + 1
 
 
-def _tokens_outside_split_word(words: list[int | None], side: str, is_cut: bool) -> int:
+def _tokens_outside_split_word(words: list[int | None], side: str) -> int:
     """Tokens outside the run of the split word: the last word for a text cut on the right, the
     first for one cut on the left (tokens without a word id count as one word)."""
-    if not is_cut or not words:
-        return len(words)
+    if not words:
+        return 0
     if side == "right":
         split = len(words)
         while split and words[split - 1] == words[-1]:
