@@ -1,16 +1,22 @@
 """Every error class of the service, and the two ways it words an error for a person.
 
-Each transport maps the engine's errors to its own status codes in one table
-(serving/http_errors.py, serving/grpc.py)."""
+Each error names its machine-readable type here; each transport maps the classes to its own
+status codes in one table (serving/http_errors.py, serving/grpc.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 
 class RewardServiceError(Exception):
-    """Base class: the message is written for the person who sent the request or ran the command."""
+    """Base class: the message is written for the person who sent the request or ran the command.
+
+    `error_type` is the machine-readable name both transports send with the error (REST's
+    `error.type`, gRPC's `reward-error-type` trailing metadata), so clients tell apart errors
+    that share a status code; each transport maps the classes to its own codes."""
+
+    error_type: ClassVar[str] = "internal"
 
 
 class ModelLoadError(RewardServiceError):
@@ -20,9 +26,13 @@ class ModelLoadError(RewardServiceError):
 class InvalidRequest(RewardServiceError):
     """The request is malformed (HTTP 422, gRPC INVALID_ARGUMENT)."""
 
+    error_type = "invalid_request"
+
 
 class TooManyItems(RewardServiceError):
     """More items in one request than `max_items_per_request` (HTTP 413, gRPC INVALID_ARGUMENT)."""
+
+    error_type = "too_many_items"
 
 
 class TooManyCharacters(RewardServiceError):
@@ -30,13 +40,19 @@ class TooManyCharacters(RewardServiceError):
     `too_many_characters`, gRPC INVALID_ARGUMENT with that `reward-error-type`): the same items
     split over several requests are taken."""
 
+    error_type = "too_many_characters"
+
 
 class ModelNotFound(RewardServiceError):
     """The request names a model this server does not serve (HTTP 404, gRPC NOT_FOUND)."""
 
+    error_type = "model_not_found"
+
 
 class QueueFull(RewardServiceError):
     """Admitting the request would exceed `max_queue_items` (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+
+    error_type = "queue_full"
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
@@ -46,9 +62,13 @@ class QueueFull(RewardServiceError):
 class NotReady(RewardServiceError):
     """The model is still loading or warming up (HTTP 503, gRPC UNAVAILABLE)."""
 
+    error_type = "not_ready"
+
 
 class DeadlineExceeded(RewardServiceError):
     """The caller's deadline passed before the items were scored; they were dropped unscored."""
+
+    error_type = "deadline_exceeded"
 
 
 class ItemTooLong(RewardServiceError):
@@ -57,14 +77,20 @@ class ItemTooLong(RewardServiceError):
     Refused rather than truncated: truncation to the model's max_length happens on tokens, and a
     text this long is a mistake or an attack, not a long review."""
 
+    error_type = "item_too_long"
+
 
 class ShuttingDown(RewardServiceError):
     """The server is shutting down and accepts no new work (HTTP 503, gRPC UNAVAILABLE): retry on
     another replica. Requests accepted before the shutdown began are still answered."""
 
+    error_type = "shutting_down"
+
 
 class InferenceFailed(RewardServiceError):
     """The forward pass raised; the message names the cause (HTTP 500, gRPC INTERNAL)."""
+
+    error_type = "inference_failed"
 
 
 class NonFiniteReward(RewardServiceError):
@@ -72,6 +98,8 @@ class NonFiniteReward(RewardServiceError):
     INTERNAL with `reward-error-type: non_finite_reward` in the trailing metadata). Only the
     requests holding such an item fail; the rest of its batch is answered. Sent as a number it
     would poison a trainer's running statistics (gRPC) or arrive as JSON null (REST)."""
+
+    error_type = "non_finite_reward"
 
 
 class GrpcBindError(RewardServiceError):

@@ -282,6 +282,10 @@ def readme_limit_defaults() -> dict[str, str]:
     ("flag", "default"),
     [
         ("max-body-bytes", ServeSettings.model_fields["max_body_bytes"].default),
+        (
+            "max-body-bytes-in-flight",
+            ServeSettings.model_fields["max_body_bytes_in_flight"].default,
+        ),
         ("grpc-max-message-bytes", ServeSettings.model_fields["grpc_max_message_bytes"].default),
         ("max-items-per-request", BatchingConfig.model_fields["max_items_per_request"].default),
         ("max-chars-per-item", BatchingConfig.model_fields["max_chars_per_item"].default),

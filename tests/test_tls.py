@@ -11,7 +11,7 @@ import trustme
 from helpers import HTTP_TIMEOUT_S
 
 from reward_service.client import RewardClient
-from reward_service.client.errors import RewardClientError
+from reward_service.client.errors import UntrustedServer
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
 
 TEXTS = ["a fine film", "a dull one"]
@@ -72,15 +72,21 @@ def test_plaintext_clients_are_refused_on_both_ports(server):
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.parametrize("trusted", ["the system's CAs", "another CA"])
 @pytest.mark.parametrize("scheme", ["https", "grpcs"])
-def test_a_client_that_does_not_trust_the_certificate_refuses_the_server(server, scheme):
+def test_a_client_that_does_not_trust_the_certificate_refuses_the_server_at_once(
+    server, scheme, trusted, tmp_path
+):
     url = server.url if scheme == "https" else f"grpcs://{server.grpc_target}"
-    # The system's CAs do not know the throwaway one; a short budget, as the refusal repeats.
-    with (
-        RewardClient(url, retry_budget_s=2, deadline_s=30) as client,
-        pytest.raises(RewardClientError),
-    ):
+    ca_file = None
+    if trusted == "another CA":
+        ca_file = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(ca_file)
+    # The default retry budget: a refusal that were retried would end, minutes later, as
+    # Unavailable rather than as UntrustedServer.
+    with RewardClient(url, ca_file=ca_file) as client, pytest.raises(UntrustedServer) as refused:
         client.score(texts=TEXTS)
+    assert "ca_file" in str(refused.value)
 
 
 @pytest.mark.parametrize("scheme", ["https", "grpcs"])

@@ -22,6 +22,7 @@ from reward_service.client.errors import (
     Unauthorized,
     Unavailable,
     UnexpectedResponse,
+    UntrustedServer,
 )
 from reward_service.client.sync_client import RewardClient
 from reward_service.client.trl import RewardFunction, messages_to_text
@@ -40,6 +41,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnexpectedResponse",
+    "UntrustedServer",
     "backoff_delay_s",
     "messages_to_text",
 ]

@@ -4,6 +4,7 @@ RewardClientError
 ├── BadRequest (also a ValueError)   the server refused the request itself; never retried
 │   └── ModelNotFound                no such model on the server
 ├── Unauthorized                     missing or wrong API key; never retried
+├── UntrustedServer                  the server's TLS certificate failed verification; never retried
 ├── ServerError                      the server failed in a way a retry would not fix (500)
 │   ├── NonFiniteReward              the model gave NaN or infinity for an item
 │   └── UnexpectedResponse           an answer that is not the reward service's
@@ -35,6 +36,12 @@ class ModelNotFound(BadRequest):
 
 class Unauthorized(RewardClientError):
     """The server wants an API key and got none or a wrong one (HTTP 401/403, UNAUTHENTICATED)."""
+
+
+class UntrustedServer(RewardClientError):
+    """The server's TLS certificate did not verify against `ca_file` (or the system's CAs when
+    none is given), or names another host. Raised at once: waiting does not make a certificate
+    trusted, and retrying for the whole retry budget would only hide a wrong `ca_file`."""
 
 
 class ServerError(RewardClientError):

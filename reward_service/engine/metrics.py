@@ -78,6 +78,18 @@ class Metrics:
             ["phase"],
             registry=r,
         )
+        self.http_body_bytes_in_flight = Gauge(
+            "reward_http_body_bytes_in_flight",
+            "Bytes reserved for REST request bodies still being received (each body's "
+            "Content-Length, or the body limit for a chunked one).",
+            registry=r,
+        )
+        self.http_body_budget_refusals = Counter(
+            "reward_http_body_budget_refusals",
+            "REST requests refused (429) because the bodies being received already filled "
+            "--max-body-bytes-in-flight.",
+            registry=r,
+        )
         self.items_non_finite = Counter(
             "reward_items_non_finite",
             "Items whose reward came out NaN or infinite, failed instead of answered.",

@@ -25,7 +25,6 @@ from reward_service.engine.engine import Engine
 from reward_service.engine.schemas import ModelInfo, ScoreRequest, ScoreResponse
 from reward_service.errors import describe_validation_errors
 from reward_service.serving.auth import is_authorized
-from reward_service.serving.http_errors import ERROR_STATUS as HTTP_ERROR_STATUS
 
 try:
     from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
@@ -217,9 +216,10 @@ ERROR_TYPE_METADATA_KEY = "reward-error-type"
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
     if isinstance(error, ValidationError):
-        message, kind = describe_validation_errors(error.errors()), "invalid_request"
+        message, kind = describe_validation_errors(error.errors()), errors.InvalidRequest.error_type
     else:
-        message, kind = str(error), HTTP_ERROR_STATUS.get(type(error), (500, "internal"))[1]
+        message = str(error)
+        kind = error.error_type if isinstance(error, errors.RewardServiceError) else "internal"
     await context.abort(
         status_for(error), message, trailing_metadata=((ERROR_TYPE_METADATA_KEY, kind),)
     )

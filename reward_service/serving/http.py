@@ -23,6 +23,7 @@ from reward_service.serving.abandonment import (
 from reward_service.serving.http_errors import ERROR_RESPONSES, ERROR_STATUS, error_response
 from reward_service.serving.middleware import (
     ApiKeyMiddleware,
+    BodyBytesBudget,
     BodySizeLimitMiddleware,
     CloseConnectionsWhenShuttingDown,
     RequestMetricsMiddleware,
@@ -30,13 +31,19 @@ from reward_service.serving.middleware import (
 from reward_service.serving.settings import ServeSettings
 
 DEFAULT_MAX_BODY_BYTES = ServeSettings.model_fields["max_body_bytes"].default
+DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = ServeSettings.model_fields["max_body_bytes_in_flight"].default
 
 
 def create_app(
-    engine: Engine, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    engine: Engine,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
 ) -> FastAPI:
     """`api_key`: when set, every route but /health/* and /metrics needs it as a bearer token.
-    `max_body_bytes`: larger request bodies get 413 before they are read."""
+    `max_body_bytes`: larger request bodies get 413 before they are read.
+    `max_body_bytes_in_flight`: the bodies being received at once, in all; past it 429."""
     app = FastAPI(
         title="Reward service",
         description="Scores texts with reward models (sequence classifiers), batched across "
@@ -44,8 +51,14 @@ def create_app(
         version="1",
     )
     # The last added runs first: metrics count every answer, refusals included; the key is
-    # checked before a body is read.
+    # checked before a body is read or takes a part of the budget.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        BodyBytesBudget,
+        budget_bytes=max_body_bytes_in_flight,
+        max_body_bytes=max_body_bytes,
+        metrics=engine.metrics,
+    )
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(CloseConnectionsWhenShuttingDown, engine=engine)
@@ -55,7 +68,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", describe_validation_errors(error.errors()))
+        message = describe_validation_errors(error.errors())
+        return error_response(422, errors.InvalidRequest.error_type, message)
 
     @app.exception_handler(HTTPException)
     async def _on_http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -63,19 +77,19 @@ def create_app(
         API's error format."""
         if error.status_code == 400:  # FastAPI's "error parsing the body": JSON that is not UTF-8
             message = "the body is not valid JSON (JSON is UTF-8 text)"
-            return error_response(422, "invalid_request", message)
+            return error_response(422, errors.InvalidRequest.error_type, message)
         kind = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
         return error_response(error.status_code, kind, str(error.detail), error.headers)
 
     @app.exception_handler(errors.RewardServiceError)
     async def _on_engine_error(request: Request, error: errors.RewardServiceError) -> JSONResponse:
-        status, kind = ERROR_STATUS.get(type(error), (500, "internal"))
+        status = ERROR_STATUS.get(type(error), 500)
         headers = (
             {"Retry-After": str(error.retry_after_s)}
             if isinstance(error, errors.QueueFull)
             else None
         )
-        return error_response(status, kind, str(error), headers)
+        return error_response(status, error.error_type, str(error), headers)
 
     @app.exception_handler(ClientGone)
     async def _on_client_gone(request: Request, error: ClientGone) -> Response:

@@ -10,22 +10,24 @@ from fastapi.responses import JSONResponse
 from reward_service import errors
 from reward_service.engine.schemas import ErrorBody, ErrorResponse
 
-# Engine error -> (HTTP status, machine-readable type). One table for the whole REST API.
-ERROR_STATUS: dict[type[errors.RewardServiceError], tuple[int, str]] = {
-    errors.InvalidRequest: (422, "invalid_request"),
-    errors.ItemTooLong: (422, "item_too_long"),
-    errors.TooManyItems: (413, "too_many_items"),
-    errors.TooManyCharacters: (413, "too_many_characters"),
-    errors.ModelNotFound: (404, "model_not_found"),
-    errors.QueueFull: (429, "queue_full"),
-    errors.NotReady: (503, "not_ready"),
-    errors.ShuttingDown: (503, "shutting_down"),
-    errors.DeadlineExceeded: (504, "deadline_exceeded"),
-    errors.NonFiniteReward: (500, "non_finite_reward"),
-    errors.InferenceFailed: (500, "inference_failed"),
+# Engine error -> HTTP status, for the whole REST API; the body's `error.type` is the class's
+# `error_type`, and anything unlisted is a 500.
+ERROR_STATUS: dict[type[errors.RewardServiceError], int] = {
+    errors.InvalidRequest: 422,
+    errors.ItemTooLong: 422,
+    errors.TooManyItems: 413,
+    errors.TooManyCharacters: 413,
+    errors.ModelNotFound: 404,
+    errors.QueueFull: 429,
+    errors.NotReady: 503,
+    errors.ShuttingDown: 503,
+    errors.DeadlineExceeded: 504,
+    errors.NonFiniteReward: 500,
+    errors.InferenceFailed: 500,
 }
-# Refused by BodySizeLimitMiddleware before any route runs.
+# Refused by middleware before any route runs: BodySizeLimitMiddleware and BodyBytesBudget.
 BODY_TOO_LARGE = (413, "body_too_large")
+TOO_MANY_BYTES_IN_FLIGHT = (429, "too_many_bytes_in_flight")
 
 
 def error_response(
@@ -39,7 +41,9 @@ def error_response(
 def _error_responses() -> dict[int, dict]:
     """The OpenAPI `responses` of a scoring route: each status with every error type it carries."""
     kinds: dict[int, list[str]] = defaultdict(list)
-    for status, kind in [*ERROR_STATUS.values(), BODY_TOO_LARGE]:
+    for error, status in ERROR_STATUS.items():
+        kinds[status].append(error.error_type)
+    for status, kind in (BODY_TOO_LARGE, TOO_MANY_BYTES_IN_FLIGHT):
         kinds[status].append(kind)
     return {
         status: {"model": ErrorResponse, "description": ", ".join(names)}

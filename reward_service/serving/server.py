@@ -196,7 +196,12 @@ async def serve(settings: ServeSettings) -> int:
     warning = exposure_warning(settings.host, api_key is not None)
     if warning:
         logger.warning(warning)
-    app = create_app(engine, api_key=api_key, max_body_bytes=settings.max_body_bytes)
+    app = create_app(
+        engine,
+        api_key=api_key,
+        max_body_bytes=settings.max_body_bytes,
+        max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
+    )
     server = _Server(
         uvicorn.Config(
             app,

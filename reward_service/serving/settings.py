@@ -43,6 +43,14 @@ class ServeSettings(BaseSettings):
         ge=1024,
         description="Largest REST request body; larger ones get 413 unread.",
     )
+    # 16 bodies of the largest size at once; PPO's chunks are far smaller, so they rarely meet it.
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="REST request bodies being received at once, in bytes in all (each counts "
+        "its Content-Length until it is in); past it 429 `too_many_bytes_in_flight`, unread. "
+        "At least --max-body-bytes.",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="When set, REST requests (but /health/* and /metrics) need it as a bearer "
@@ -148,6 +156,11 @@ class ServeSettings(BaseSettings):
             raise ValueError("give the API key once: --api-key or --api-key-file, not both")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"--max-body-bytes-in-flight ({self.max_body_bytes_in_flight}) is less than "
+                f"--max-body-bytes ({self.max_body_bytes}): the largest body would never fit"
+            )
         return self
 
     def tls_files(self) -> tuple[bytes, bytes] | None:

@@ -8,6 +8,8 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+# The server's error classes name the machine-readable types it sends with each error.
+from reward_service import errors as wire
 from reward_service.client.contract import Chunk, ClientConfig, ItemLimitExceeded, Retryable
 from reward_service.client.errors import (
     BadRequest,
@@ -16,6 +18,7 @@ from reward_service.client.errors import (
     RewardClientError,
     ServerError,
     Unauthorized,
+    UntrustedServer,
 )
 
 try:
@@ -33,6 +36,9 @@ RETRYABLE_CODES = {
     Code.DEADLINE_EXCEEDED,
     Code.CANCELLED,
 }
+# gRPC reports a certificate that does not verify as UNAVAILABLE, like a server that is down; only
+# the details (from BoringSSL, and gRPC's own hostname check) tell the two apart.
+UNTRUSTED_CERTIFICATE_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")
 ERROR_TYPES: dict[grpc.StatusCode, type[RewardClientError]] = {
     Code.INVALID_ARGUMENT: BadRequest,
     Code.FAILED_PRECONDITION: BadRequest,
@@ -96,13 +102,21 @@ def classify(error: grpc.RpcError, url: str) -> Exception:
     """The exception an RPC error becomes: Retryable for the retry loop, or the caller's error.
     (More items than the server takes is INVALID_ARGUMENT here: over gRPC the client relies on
     `max_items_per_request`, while over HTTP it also learns the limit from a 413.)"""
-    code, details = error.code(), error.details()
+    code, details = error.code(), error.details() or ""
+    if code == Code.UNAVAILABLE and any(m in details for m in UNTRUSTED_CERTIFICATE_MARKERS):
+        return UntrustedServer(
+            f"{url}'s TLS certificate did not verify ({details}); pass the CA that issued it as "
+            "ca_file (the trainer's --reward-ca-file)",
+            status=code.name,
+            endpoint=url,
+        )
     if code in RETRYABLE_CODES:
         return Retryable(f"gRPC {code.name}: {details}")
-    if _error_type(error) == "too_many_characters":  # the same items fit in smaller requests
+    if _error_type(error) == wire.TooManyCharacters.error_type:
+        # The same items fit in smaller requests.
         return ItemLimitExceeded(f"gRPC {code.name}: {details}", url, too_many_items=False)
     error_type = ERROR_TYPES.get(code, ServerError)
-    if error_type is ServerError and _error_type(error) == "non_finite_reward":
+    if error_type is ServerError and _error_type(error) == wire.NonFiniteReward.error_type:
         error_type = NonFiniteReward
     return error_type(f"gRPC {code.name} from {url}: {details}", status=code.name, endpoint=url)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+# The server's error classes name the machine-readable types it sends with each error.
+from reward_service import errors as wire
 from reward_service.client.contract import Chunk, ClientConfig, ItemLimitExceeded, Retryable
 from reward_service.client.errors import (
     BadRequest,
@@ -18,6 +20,7 @@ from reward_service.client.errors import (
     ServerError,
     Unauthorized,
     UnexpectedResponse,
+    UntrustedServer,
 )
 
 RETRYABLE_STATUS = {408, 429, 502, 503, 504}
@@ -104,7 +107,7 @@ def body_of(response: httpx.Response, url: str) -> dict[str, Any]:
         )
     if status == 413:
         raise ItemLimitExceeded(
-            message, url, too_many_items=_error_type(response) == "too_many_items"
+            message, url, too_many_items=_error_type(response) == wire.TooManyItems.error_type
         )
     error_type: type[RewardClientError] = (
         Unauthorized
@@ -114,7 +117,7 @@ def body_of(response: httpx.Response, url: str) -> dict[str, Any]:
         else BadRequest
         if 400 <= status < 500
         else NonFiniteReward
-        if _error_type(response) == "non_finite_reward"
+        if _error_type(response) == wire.NonFiniteReward.error_type
         else ServerError
     )
     raise error_type(f"HTTP {status} from {url}: {message}", status=status, endpoint=url)
@@ -145,6 +148,22 @@ def tls_verification(config: ClientConfig) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(config.ca_file))
 
 
+def transport_failure(error: httpx.TransportError, url: str) -> Exception:
+    """What a request that got no answer becomes: UntrustedServer for a certificate that does
+    not verify (ssl's SSLCertVerificationError, under httpcore's and httpx's wrappers), else
+    Retryable (connection refused or reset, timeouts) for the retry loop."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return UntrustedServer(
+                f"{url}'s TLS certificate did not verify ({cause.verify_message}); pass the CA "
+                "that issued it as ca_file (the trainer's --reward-ca-file)",
+                endpoint=url,
+            )
+        cause = cause.__cause__ or cause.__context__
+    return Retryable(f"{type(error).__name__}: {error}")
+
+
 def _limits(config: ClientConfig) -> httpx.Limits:
     return httpx.Limits(max_connections=max(config.max_concurrency, 10))
 
@@ -165,15 +184,15 @@ class HttpTransport:
                 headers=timeout_header(timeout_s),
                 timeout=_timeout(timeout_s),
             )
-        except httpx.TransportError as error:  # connection refused or reset, timeouts
-            raise Retryable(f"{type(error).__name__}: {error}") from error
+        except httpx.TransportError as error:
+            raise transport_failure(error, url) from error
         return rewards_from(response, url)
 
     def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
         try:
             response = self.client.get(f"{url}/v1/models", timeout=_timeout(timeout_s))
         except httpx.TransportError as error:
-            raise Retryable(f"{type(error).__name__}: {error}") from error
+            raise transport_failure(error, url) from error
         return models_from(response, url)
 
     def close(self) -> None:
@@ -199,14 +218,14 @@ class AsyncHttpTransport:
                 timeout=_timeout(timeout_s),
             )
         except httpx.TransportError as error:
-            raise Retryable(f"{type(error).__name__}: {error}") from error
+            raise transport_failure(error, url) from error
         return rewards_from(response, url)
 
     async def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
         try:
             response = await self.client.get(f"{url}/v1/models", timeout=_timeout(timeout_s))
         except httpx.TransportError as error:
-            raise Retryable(f"{type(error).__name__}: {error}") from error
+            raise transport_failure(error, url) from error
         return models_from(response, url)
 
     async def aclose(self) -> None:
