@@ -29,7 +29,7 @@ GRPC_STUBS := reward_service/grpc_gen/reward_pb2.py
 # apt-get); elsewhere set-up says what to install, and those tests skip (.ci/run makes them fail).
 SYSTEM_PACKAGES := chromium chromium-driver postgresql
 
-.PHONY: setup system-packages serve test demo lint bench clean
+.PHONY: setup system-packages serve test demo lint bench load-report clean
 
 setup: system-packages $(STAMP) $(GRPC_STUBS)
 
@@ -79,6 +79,17 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/serve_throughput.py
+
+# The hostile-load scenarios' tests, and the table of what each sent and what became of it:
+# admitted, refused, lost (tests/load_report.py). About 10 minutes on 2 cores.
+LOAD_SCENARIOS := test_long_texts_load test_slow_clients test_body_budget test_rest_abandonment \
+	test_failure_isolation test_health_truth test_non_finite_rewards test_client_failures \
+	test_tls test_api_key test_graceful_shutdown
+load-report: setup
+	mkdir -p benchmarks/results
+	REWARD_LOAD_REPORT=benchmarks/results/load-report.md $(BIN)/pytest -q \
+		$(foreach scenario,$(LOAD_SCENARIOS),tests/$(scenario).py)
+	cat benchmarks/results/load-report.md
 
 clean:
 	rm -rf $(VENV) .cache reward_service/grpc_gen/reward_pb2*

@@ -20,6 +20,7 @@ from helpers import (
     start_server,
     train_word_classifier,
 )
+from load_report import LoadReport
 from postgres_server import postgres_for_tests
 
 # No hub at test time: a hub id must fail fast with a clear message instead of trying a network.
@@ -84,6 +85,15 @@ def ppo_task(tmp_path_factory: pytest.TempPathFactory) -> PPOTask:
     prompts.write_text("".join(json.dumps({"prompt": prompt}) + "\n" for prompt in PPO_PROMPTS))
     policy, classifier = build_word_level_lm(root / "policy"), train_word_classifier(root / "rm")
     return PPOTask(policy, classifier, prompts)
+
+
+@pytest.fixture(scope="session")
+def load_report() -> Iterator[LoadReport]:
+    """The hostile-load scenarios' table (load_report.py), written where REWARD_LOAD_REPORT says
+    at the end of the session."""
+    report = LoadReport()
+    yield report
+    report.write_if_asked()
 
 
 @pytest.fixture(scope="session")

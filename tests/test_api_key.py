@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers import HTTP_TIMEOUT_S
+from load_report import Tally
 
 from reward_service.client import RewardClient, Unauthorized
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
@@ -178,7 +179,7 @@ def test_only_loopback_addresses_count_as_private(host, loopback):
 
 
 def test_a_server_on_every_interface_without_a_key_makes_one_and_prints_it_once(
-    server_factory, folder
+    server_factory, folder, load_report
 ):
     server = server_factory(["--model", f"m={folder}", "--host", "0.0.0.0", "--grpc-port", "0"])
     printed = [line.strip() for line in server.log().splitlines() if line.startswith("    ")]
@@ -190,6 +191,14 @@ def test_a_server_on_every_interface_without_a_key_makes_one_and_prints_it_once(
         client.score(texts=["a"])
     with RewardClient(server.url, api_key=key) as client:
         assert len(client.score(texts=["a"])) == 1
+    load_report.record(
+        Tally(
+            "0.0.0.0 without a key",
+            "a request without the printed key (401), then one with it",
+            admitted=1,
+            refused=1,
+        )
+    )
     assert WARNING not in server.log()
 
 

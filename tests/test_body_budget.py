@@ -12,6 +12,7 @@ import socket
 import httpx
 import pytest
 from helpers import HTTP_TIMEOUT_S, metric, wait_for
+from load_report import Tally
 
 MIB = 1024 * 1024
 BODY_LIMIT = 1 * MIB
@@ -55,7 +56,7 @@ def answer_of(sock: socket.socket) -> http.client.HTTPResponse:
     return response
 
 
-def test_past_the_budget_requests_are_refused_unread_and_shares_come_back(server):
+def test_past_the_budget_requests_are_refused_unread_and_shares_come_back(server, load_report):
     # Two uploads by Content-Length and one chunked (which reserves the body limit, the most it
     # can grow to) fill the 3 MiB budget; each has sent part of its body and stalls.
     body = padded_body(BODY_LIMIT)
@@ -101,6 +102,16 @@ def test_past_the_budget_requests_are_refused_unread_and_shares_come_back(server
     for sock in by_length:
         sock.close()
     wait_for(lambda: metric(server, IN_FLIGHT) == 0, "every share back")
+    load_report.record(
+        Tally(
+            "uploads filling the budget for bodies in flight",
+            "3 stalled 1 MiB uploads (3 MiB budget), then a 256 KiB request, a small one, health, "
+            "the 256 KiB one again, one upload finished, a body over the limit",
+            admitted=4,  # the small request, health, the retried 256 KiB one, the finished upload
+            refused=3,  # the first 256 KiB request (429), the body over the limit (413), and the
+            # closed chunked upload; the two other uploads were closed by the test
+        )
+    )
 
 
 def test_a_budget_smaller_than_one_body_is_refused_at_start():

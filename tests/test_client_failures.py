@@ -21,6 +21,7 @@ from helpers import (
     train_word_classifier,
     wait_for,
 )
+from load_report import Tally
 
 from reward_service.client import (
     BadRequest,
@@ -50,7 +51,7 @@ def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_default_client_and_the_trl_reward_function_ride_out_a_restart_of_20_s(
-    classifier: Path, tmp_path: Path
+    classifier: Path, tmp_path: Path, load_report
 ):
     args = ["--model", f"rm={classifier}"]
     server = start_server(args, tmp_path)
@@ -90,6 +91,16 @@ def test_the_default_client_and_the_trl_reward_function_ride_out_a_restart_of_20
         restarted = start_server(args, tmp_path, port=server.port)
         for caller in callers:
             caller.join(timeout=WAIT_S)
+        succeeded = sum(isinstance(outcomes.get(name), list) for name in ("client", "trl"))
+        load_report.record(
+            Tally(
+                f"a restart of at least {OUTAGE_S} s",
+                "a default RewardClient call and a TRL RewardFunction call, sent while the "
+                "server is down",
+                admitted=succeeded,
+                lost=2 - succeeded,
+            )
+        )
         for name in ("client", "trl"):
             rewards = outcomes[name]
             assert isinstance(rewards, list) and len(rewards) == 1, f"{name}: {rewards!r}"
@@ -112,17 +123,28 @@ def replicas(server_factory, classifier: Path, poisoned: Path):
 
 
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
-def test_a_replica_answering_server_errors_is_failed_over_and_every_call_succeeds(replicas, scheme):
+def test_a_replica_answering_server_errors_is_failed_over_and_every_call_succeeds(
+    replicas, scheme, load_report
+):
     broken, sound = replicas
     urls = [
         server.url if scheme == "http" else f"grpc://{server.grpc_target}"
         for server in (broken, sound)
     ]
     refused_before = metric(broken, "reward_items_non_finite_total", model="rm")
+    succeeded = 0
     with RewardClient(urls) as client:
         for index in range(4):
             rewards = client.score(texts=[f"the {POISON} {index}", "a good film"])
             assert len(rewards) == 2 and all(map(math.isfinite, rewards))
+            succeeded += 1
+    load_report.record(
+        Tally(
+            f"two replicas, one answering server errors ({scheme})",
+            "4 client calls of 2 items through both replicas",
+            admitted=succeeded,
+        )
+    )
     # Requests go to the replica with fewest in flight, ties taken in turn: one of the first two
     # calls went to the broken one first (which was then avoided for its cooldown).
     assert metric(broken, "reward_items_non_finite_total", model="rm") > refused_before

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import HTTP_TIMEOUT_S, metric, wait_for
+from load_report import Tally
 from transformers import AutoTokenizer
 
 BREAKING_WORD = "zebra"
@@ -23,7 +24,9 @@ def folder(tiny_model_factory) -> Path:
     )
 
 
-def test_an_item_that_breaks_the_forward_pass_fails_only_its_own_request(server_factory, folder):
+def test_an_item_that_breaks_the_forward_pass_fails_only_its_own_request(
+    server_factory, folder, load_report
+):
     server = server_factory(["--model", f"m={folder}"], gated=True)
     token_ids = AutoTokenizer.from_pretrained(folder)(BREAKING_WORD, add_special_tokens=False)
     [breaking_token] = token_ids["input_ids"]
@@ -47,6 +50,13 @@ def test_an_item_that_breaks_the_forward_pass_fails_only_its_own_request(server_
         assert first.result().status_code == 200
         responses = [call.result() for call in calls]
 
+    load_report.record(
+        Tally(
+            "an item that breaks the forward pass",
+            "7 one-item requests, one of them breaking the pass of the batch it shares",
+            admitted=1 + len(responses),  # each answered: 200, or 500 for the breaking item
+        )
+    )
     failed = responses.pop(3)
     assert failed.status_code == 500
     assert failed.json()["error"]["type"] == "inference_failed"

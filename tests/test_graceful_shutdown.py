@@ -14,6 +14,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import HTTP_TIMEOUT_S, WAIT_S, metric, positive_logits, start_server, wait_for
+from load_report import Tally
 
 from reward_service.grpc_gen import reward_pb2, reward_pb2_grpc
 
@@ -161,7 +162,9 @@ def test_requests_still_unanswered_when_the_grace_period_ends_get_the_shutting_d
     assert "1 accepted requests unanswered" in server.log()
 
 
-def test_sigterm_during_a_stream_of_requests_loses_no_accepted_request(folder, expected, tmp_path):
+def test_sigterm_during_a_stream_of_requests_loses_no_accepted_request(
+    folder, expected, tmp_path, load_report
+):
     server = start_server(["--model", f"m={folder}", "--shutdown-grace-s", str(GRACE_S)], tmp_path)
     outcomes: list[tuple[str, str, bool, str]] = []  # transport, outcome, after SIGTERM, detail
     lock = threading.Lock()
@@ -237,6 +240,15 @@ def test_sigterm_during_a_stream_of_requests_loses_no_accepted_request(folder, e
         f"after SIGTERM: {dict(after_sigterm)}"
     )
     lost = [outcome for outcome in outcomes if outcome[1] == LOST]
+    load_report.record(
+        Tally(
+            "SIGTERM during a stream of requests",
+            f"10 clients (6 REST, 4 gRPC) sending until refused: {len(outcomes):,} requests",
+            admitted=sum(1 for outcome in outcomes if outcome[1] == ANSWERED),
+            refused=sum(1 for outcome in outcomes if outcome[1] in (REFUSED, NOT_LISTENING)),
+            lost=len(lost),
+        )
+    )
     assert not lost
     assert not any(thread.is_alive() for thread in clients)
     assert sum(1 for _, outcome, _, _ in outcomes if outcome != ANSWERED) == len(clients)
@@ -244,7 +256,9 @@ def test_sigterm_during_a_stream_of_requests_loses_no_accepted_request(folder, e
     assert "every accepted request answered" in server.log()
 
 
-def test_a_second_signal_answers_the_accepted_requests_at_once_and_exits_0(folder, tmp_path):
+def test_a_second_signal_answers_the_accepted_requests_at_once_and_exits_0(
+    folder, tmp_path, load_report
+):
     # The batch would wait 10 minutes for company, and the grace period is longer still: only
     # the second signal can end this.
     server = start_lonely_batch_server(folder, tmp_path, grace_s=900)
@@ -259,6 +273,13 @@ def test_a_second_signal_answers_the_accepted_requests_at_once_and_exits_0(folde
     finally:
         server.stop()
 
+    load_report.record(
+        Tally(
+            "a second SIGTERM during the drain",
+            "1 accepted request whose batch waits for company",
+            admitted=1,  # answered 503 shutting_down, asserted below
+        )
+    )
     assert answer.status_code == 503
     assert answer.json()["error"]["type"] == "shutting_down"
     assert "at once" in answer.json()["error"]["message"]

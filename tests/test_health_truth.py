@@ -12,6 +12,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import HTTP_TIMEOUT_S, WAIT_S, start_server, wait_for
+from load_report import Tally
 
 from reward_service.serving.server import EXIT_ENGINE_FAILED
 
@@ -54,7 +55,9 @@ def score_in_background(server, texts: list[str]) -> tuple[threading.Thread, dic
     return thread, outcome
 
 
-def test_a_hung_forward_pass_turns_readiness_false_until_it_returns(server_factory, folder: Path):
+def test_a_hung_forward_pass_turns_readiness_false_until_it_returns(
+    server_factory, folder: Path, load_report
+):
     server = server_factory(["--model", f"m={folder}", "--stall-after-s", "1"], gated=True)
     assert readiness(server)[0] == 200 and grpc_health(server) == SERVING
     server.gate.hold_forward()
@@ -70,19 +73,35 @@ def test_a_hung_forward_pass_turns_readiness_false_until_it_returns(server_facto
 
     server.gate.open_forward()
     caller.join(timeout=WAIT_S)
+    load_report.record(
+        Tally(
+            "a forward pass that hangs",
+            "1 request whose pass hangs until the test lets it go; readiness checked meanwhile",
+            admitted=int("response" in outcome),
+            lost=int("response" not in outcome),
+        )
+    )
     assert outcome["response"].status_code == 200
     wait_for(lambda: readiness(server)[0] == 200, "readiness to come back")
     wait_for(lambda: grpc_health(server) == SERVING, "gRPC health to come back")
 
 
 def test_a_dead_batching_task_answers_its_requests_and_the_server_exits_non_zero(
-    folder: Path, tmp_path: Path
+    folder: Path, tmp_path: Path, load_report
 ):
     server = start_server(["--model", f"m={folder}"], tmp_path, gated=True)
     try:
         server.gate.crash_batcher()
         caller, outcome = score_in_background(server, ["a film"])
         caller.join(timeout=WAIT_S)
+        load_report.record(
+            Tally(
+                "a batching task that dies",
+                "1 request to a model whose batching task crashes",
+                admitted=int("response" in outcome),
+                lost=int("response" not in outcome),
+            )
+        )
         assert not caller.is_alive(), "the request was never answered"
         response = outcome["response"]
         assert response.status_code == 500, response.text

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import torch
 from helpers import HTTP_TIMEOUT_S, REPO_ROOT, metric, poison_word, train_word_classifier
+from load_report import Tally
 
 from policy_trainer.checkpoint import checkpoint_path, load_state
 from policy_trainer.prompts import PromptStream
@@ -74,13 +75,21 @@ def test_grpc_gives_internal_with_the_same_error_type_and_message(server):
     assert trailing["reward-error-type"] == "non_finite_reward"
 
 
-def test_other_requests_scored_beside_a_nan_are_answered(server):
+def test_other_requests_scored_beside_a_nan_are_answered(server, load_report):
     # Sent together, they may share a batch with the poisoned one or not: either way only the
     # request holding the NaN fails.
     with RewardClient(server.url, max_concurrency=8) as client, ThreadPoolExecutor(8) as pool:
         texts = [f"the {POISON}" if index == 3 else f"film {index}" for index in range(8)]
         calls = [pool.submit(client.score, texts=[text]) for text in texts]
         outcomes = [call.exception() for call in calls]
+    load_report.record(
+        Tally(
+            "a model whose head gives NaN for one word",
+            "8 concurrent one-item requests, one holding the word",
+            admitted=sum(o is None or isinstance(o, NonFiniteReward) for o in outcomes),
+            lost=sum(o is not None and not isinstance(o, NonFiniteReward) for o in outcomes),
+        )
+    )
     assert isinstance(outcomes[3], NonFiniteReward)
     assert [outcome for index, outcome in enumerate(outcomes) if index != 3] == [None] * 7
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import trustme
 from helpers import HTTP_TIMEOUT_S
+from load_report import Tally
 
 from reward_service.client import RewardClient
 from reward_service.client.errors import UntrustedServer
@@ -58,7 +59,7 @@ def test_the_client_scores_over_https_and_grpcs_alike(server, certificates):
     assert over_https == pytest.approx(over_grpcs, abs=1e-6)
 
 
-def test_plaintext_clients_are_refused_on_both_ports(server):
+def test_plaintext_clients_are_refused_on_both_ports(server, certificates, load_report):
     with pytest.raises(httpx.TransportError):
         httpx.post(
             f"http://127.0.0.1:{server.port}/v1/score",
@@ -70,6 +71,16 @@ def test_plaintext_clients_are_refused_on_both_ports(server):
         with pytest.raises(grpc.RpcError) as refused:
             stub.Score(reward_pb2.ScoreRequest(texts=TEXTS), timeout=HTTP_TIMEOUT_S)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    with RewardClient(server.url, ca_file=certificates["ca"]) as client:
+        assert len(client.score(texts=TEXTS)) == len(TEXTS)
+    load_report.record(
+        Tally(
+            "TLS on both ports",
+            "a plaintext REST request and gRPC call, then a verified https:// one",
+            admitted=1,
+            refused=2,
+        )
+    )
 
 
 @pytest.mark.parametrize("trusted", ["the system's CAs", "another CA"])
