@@ -12,6 +12,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 Refusal = Callable[[str], Response]
 
 
+def declared_body(scope: Scope) -> tuple[bool, int | None]:
+    """Whether a request's body comes chunked, and the size its Content-Length declares (None
+    where it declares none)."""
+    headers = dict(scope["headers"])
+    chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+    declared = headers.get(b"content-length", b"")
+    return chunked, int(declared) if declared.isdigit() else None
+
+
+async def refuse_unread(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers a request whose body stays unread: the connection closes after this answer."""
+    response.headers["Connection"] = "close"
+    await response(scope, receive, send)
+
+
 class BodySizeLimit:
     """Refuses a request body over `max_body_bytes` without reading it: at once from its
     Content-Length, or, for a chunked body, as soon as the chunks read pass the limit. Any
@@ -27,13 +42,12 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        chunked, declared = declared_body(scope)
+        if chunked:
             await self._read_chunked_then_call(scope, receive, send)
             return
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(scope, receive, send, f"{int(declared)} bytes")
+        if declared is not None and declared > self.max_body_bytes:
+            await self._refuse(scope, receive, send, f"{declared} bytes")
             return
         await self.app(scope, receive, send)
 
@@ -65,7 +79,4 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
-        response = self.refusal(size)
-        # The unread body stays unread: the connection closes after this answer.
-        response.headers["Connection"] = "close"
-        await response(scope, receive, send)
+        await refuse_unread(self.refusal(size), scope, receive, send)

@@ -9,7 +9,7 @@ import time
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reward_service.body_limit import BodySizeLimit
+from reward_service.body_limit import BodySizeLimit, declared_body, refuse_unread
 from reward_service.engine.engine import Engine
 from reward_service.engine.metrics import Metrics
 from reward_service.serving.auth import OPEN_PATH_PREFIXES, is_authorized
@@ -87,11 +87,10 @@ class BodyBytesBudget:
         self.in_flight = 0
 
     def _reservation(self, scope: Scope) -> int:
-        headers = dict(scope["headers"])
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        chunked, declared = declared_body(scope)
+        if chunked:
             return self.max_body_bytes
-        declared = headers.get(b"content-length", b"")
-        size = int(declared) if declared.isdigit() else 0
+        size = declared or 0
         # Past the body limit it is refused unread (413, inside), which a retry would not change.
         if size <= self.SMALL_BODY_BYTES or size > self.max_body_bytes:
             return 0
@@ -109,12 +108,10 @@ class BodyBytesBudget:
                 f"the server is receiving {self.in_flight} bytes of request bodies, and this "
                 f"one's {reserved} would pass its budget of {self.budget_bytes}: retry shortly"
             )
-            response = error_response(
-                status, kind, message, {"Retry-After": str(self.RETRY_AFTER_S)}
+            headers = {"Retry-After": str(self.RETRY_AFTER_S)}
+            await refuse_unread(
+                error_response(status, kind, message, headers), scope, receive, send
             )
-            # The body stays unread: the connection closes after this answer.
-            response.headers["Connection"] = "close"
-            await response(scope, receive, send)
             return
         self._take(reserved)
 
