@@ -16,18 +16,21 @@ A settings model's fields are its command's flags (`add_settings_arguments`): `-
 documented by the field, its default in brackets; a nested settings model (LoRA) is a group of
 its own, its flags prefixed with the field's name. `build_settings` validates what was given, and
 every command reports a refused value the same way. A PPO config file (YAML or JSON) holds any
-subset of PPOConfig's fields; command-line flags override it.
+subset of PPOConfig's fields, by our names or TRL's (`from_trl_names`, docs/ppo.md); command-line
+flags override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -78,11 +81,70 @@ class LoraOptions(BaseModel):
         return self.r > 0
 
 
+# --- TRL's names -------------------------------------------------------------------------------
+# PPOConfig takes TRL's PPOConfig (0.12 to 0.2x, over OnPolicyConfig and TrainingArguments) key
+# names too. Where the meaning is the same, the field has TRL's name as an alias (AliasChoices
+# above, which are flags too: --cliprange); these below need more than a new name. The table is
+# in docs/ppo.md.
+
+# TRL's keys that have no counterpart here, or whose meaning differs: why, and what to give.
+TRL_KEYS_REFUSED = {
+    "total_episodes": "TRL counts episodes over all processes; give steps (total_episodes / "
+    "(batch_size * processes))",
+    "num_train_epochs": "runs are counted in PPO steps here; give steps",
+    "num_sample_generations": "TRL spreads that many sample logs over the run; give "
+    "sample_every (steps between sample logs) and samples_per_log",
+    "stop_token": "responses stop at the policy's EOS token, always",
+    "stop_token_id": "responses stop at the policy's EOS token, always",
+    "fp16": "float16 is not offered: mixed_precision takes auto, no or bf16",
+    "model_name_or_path": "give the policy as --policy",
+    "sft_model_path": "give the policy as --policy",
+    "reward_model_path": "the reward model is served: give --reward-url (and reward_model)",
+    "output_dir": "give the run folder as --output-dir",
+    "per_device_eval_batch_size": "there is no evaluation during PPO here",
+}
+
+
+def from_trl_names(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with TRL's keys that need translating translated; a ValueError (which
+    build_settings words as a ConfigError) for a TRL key with no counterpart. Aliases of one
+    meaning (cliprange...) are left to the fields."""
+    refused = sorted(key for key in values if key in TRL_KEYS_REFUSED)
+    if refused:
+        raise ValueError(
+            "; ".join(f"TRL's {key} is not taken: {TRL_KEYS_REFUSED[key]}" for key in refused)
+        )
+    values = dict(values)
+    if "per_device_train_batch_size" in values:
+        # TRL's per_device_train_batch_size is a micro-batch; its rollout batch per process
+        # (local_batch_size) is that times gradient_accumulation_steps times num_mini_batches.
+        if "batch_size" in values:
+            raise ValueError("give batch_size or TRL's per_device_train_batch_size, not both")
+        micro = values.pop("per_device_train_batch_size")
+        accumulation = values.get("gradient_accumulation_steps", 1)
+        mini_batches = values.get("num_mini_batches", 1)
+        if all(isinstance(n, int) for n in (micro, accumulation, mini_batches)):
+            values["batch_size"] = micro * accumulation * mini_batches
+        else:
+            values["batch_size"] = micro  # refused below by the field, with its own message
+    if "bf16" in values:
+        if "mixed_precision" in values:
+            raise ValueError("give mixed_precision or TRL's bf16, not both")
+        bf16 = values.pop("bf16")
+        values["mixed_precision"] = "bf16" if bf16 is True else "no" if bf16 is False else bf16
+    return values
+
+
 class PPOConfig(BaseModel):
     """PPO for a causal LM against a remote reward model. Batch sizes are per process: with
     `accelerate launch --num_processes K` each step trains on K * batch_size rollouts."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, title="PPO settings")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trl_names(cls, values: Any) -> Any:
+        return from_trl_names(values) if isinstance(values, dict) else values
 
     # --- the run ---------------------------------------------------------------------------------
     steps: int = Field(100, ge=1, description="PPO steps (each: one rollout batch, then updates).")
@@ -90,17 +152,34 @@ class PPOConfig(BaseModel):
     checkpoint_every: int = Field(
         50,
         ge=0,
+        validation_alias=AliasChoices("checkpoint_every", "save_steps"),
         description="Save a resumable checkpoint every this many steps (0: only at the end).",
     )
-    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    keep_checkpoints: int = Field(
+        2,
+        ge=1,
+        validation_alias=AliasChoices("keep_checkpoints", "save_total_limit"),
+        description="How many recent checkpoints to keep.",
+    )
     sample_every: int = Field(10, ge=1, description="Log sample completions every this many steps.")
     samples_per_log: int = Field(4, ge=0, description="How many completions each sample log holds.")
     mixed_precision: Literal["auto", "no", "bf16"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, otherwise float32."
     )
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field(
+        "none",
+        description="Also log each step's metrics there, through accelerate's trackers "
+        "(tensorboard: event files under RUN_DIR/logs; wandb offline with WANDB_MODE=offline; "
+        "trackio: a local database). metrics.jsonl is written either way.",
+    )
 
     # --- generation ------------------------------------------------------------------------------
-    max_new_tokens: int = Field(53, ge=1, description="Response length limit (TRL: 53).")
+    max_new_tokens: int = Field(
+        53,
+        ge=1,
+        validation_alias=AliasChoices("max_new_tokens", "response_length"),
+        description="Response length limit (TRL: 53).",
+    )
     temperature: float = Field(
         0.7,
         gt=0,
@@ -131,9 +210,19 @@ class PPOConfig(BaseModel):
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="Micro-batches per minibatch, accumulated before one optimiser step."
     )
-    ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch (TRL, N-impl: 4).")
+    ppo_epochs: int = Field(
+        4,
+        ge=1,
+        validation_alias=AliasChoices("ppo_epochs", "num_ppo_epochs"),
+        description="Passes over each rollout batch (TRL, N-impl: 4).",
+    )
     rollout_forward_batch_size: int = Field(
-        64, ge=1, description="Rows per no-gradient forward pass of the rollout (TRL: 64)."
+        64,
+        ge=1,
+        validation_alias=AliasChoices(
+            "rollout_forward_batch_size", "local_rollout_forward_batch_size"
+        ),
+        description="Rows per no-gradient forward pass of the rollout (TRL: 64).",
     )
 
     # --- optimisation ----------------------------------------------------------------------------
@@ -142,10 +231,25 @@ class PPOConfig(BaseModel):
         gt=0,
         description="Adam learning rate (N-impl, TRL classic: 1e-5; TRL's example 3e-6).",
     )
-    lr_schedule: Literal["linear", "constant"] = Field(
-        "linear", description="linear: anneal to 0 over the run (N-impl, TRL); or constant."
+    lr_schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear",
+        validation_alias=AliasChoices("lr_schedule", "lr_scheduler_type"),
+        description="After the warm-up: linear: anneal to 0 over the run (N-impl, TRL); cosine: "
+        "half a cosine down to 0; constant (constant_with_warmup: the same). As "
+        "transformers.get_scheduler makes them.",
     )
-    adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon (N-impl: 1e-5, as OpenAI's).")
+    warmup_steps: int = Field(
+        0, ge=0, description="Steps over which the learning rate rises from 0 (TRL: 0)."
+    )
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="The warm-up as a share of the steps, instead of warmup_steps."
+    )
+    adam_eps: float = Field(
+        1e-5,
+        gt=0,
+        validation_alias=AliasChoices("adam_eps", "adam_epsilon"),
+        description="Adam epsilon (N-impl: 1e-5, as OpenAI's).",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (TRL: 0).")
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the global gradient norm (TRL: 1.0); None: no clipping."
@@ -153,10 +257,16 @@ class PPOConfig(BaseModel):
 
     # --- the PPO objective -----------------------------------------------------------------------
     clip_range: float = Field(
-        0.2, gt=0, description="Policy ratio clip epsilon (TRL, N-impl: 0.2)."
+        0.2,
+        gt=0,
+        validation_alias=AliasChoices("clip_range", "cliprange"),
+        description="Policy ratio clip epsilon (TRL, N-impl: 0.2).",
     )
     value_clip_range: float = Field(
-        0.2, gt=0, description="How far a value may move from its rollout estimate (TRL: 0.2)."
+        0.2,
+        gt=0,
+        validation_alias=AliasChoices("value_clip_range", "cliprange_value"),
+        description="How far a value may move from its rollout estimate (TRL: 0.2).",
     )
     vf_coef: float = Field(0.1, ge=0, description="Value loss weight (TRL, N-impl: 0.1).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount (TRL, N-impl: 1.0).")
@@ -225,6 +335,16 @@ class PPOConfig(BaseModel):
         "checkpoint and stops, to be resumed with --resume once the service is back.",
     )
 
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: Any) -> Any:
+        # TRL's report_to is a list as often as a word; one tracker at a time here.
+        if isinstance(value, list) and len(value) == 1:
+            return value[0]
+        if isinstance(value, list) and not value:
+            return "none"
+        return value
+
     @field_validator("top_k", "top_p")
     @classmethod
     def _sample_from_the_whole_distribution(cls, value: float, info: ValidationInfo) -> float:
@@ -248,6 +368,20 @@ class PPOConfig(BaseModel):
                 f"{self.gradient_accumulation_steps})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_warm_up(self) -> PPOConfig:
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio:g}) "
+                "both set the warm-up: give one"
+            )
+        return self
+
+    @property
+    def warmup_step_count(self) -> int:
+        """Warm-up steps, from warmup_steps or warmup_ratio (rounded up, as transformers does)."""
+        return self.warmup_steps or math.ceil(self.warmup_ratio * self.steps)
 
     @property
     def resolved_value_model(self) -> Literal["separate", "shared"]:

@@ -1,7 +1,8 @@
 """Prompt files, what the policy and the reward model each see of a prompt, and the prompt stream.
 
 A prompt file is JSONL, one object a line, either `{"prompt": "text"}`, `{"prompt": [messages]}`
-or `{"messages": [{"role": ..., "content": ...}, ...]}`; or plain text, one prompt a line.
+or `{"messages": [{"role": ..., "content": ...}, ...]}`; a Parquet file or JSON array of such rows
+(TRL's prompt-only datasets); or plain text, one prompt a line.
 Chat prompts are rendered for the policy with its tokenizer's chat template (generation prompt
 added), and for the reward model as "role: content" lines ending in "assistant: " (the same
 convention as the reward client's TRL adapter), since the reward model has its own tokenizer.
@@ -9,12 +10,12 @@ convention as the reward client's TRL adapter), since the reward model has its o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from policy_trainer.data_files import read_rows
 from reward_service.client import messages_to_text
 
 if TYPE_CHECKING:
@@ -45,26 +46,21 @@ class EncodedPrompt:
 
 
 def read_prompts(path: Path) -> list[PromptRecord]:
-    """The prompts of a JSONL file (`.jsonl`, or any file whose first line is a JSON object) or a
-    plain-text file (one prompt a non-empty line)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    first = next((line.strip() for line in lines if line.strip()), "")
-    if path.suffix.lower() != ".jsonl" and not first.startswith("{"):
-        return [PromptRecord(text=line) for line in lines if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            records.append(_record_from_json(line, f"{path}:{number}"))
+    """The prompts of a JSONL file (`.jsonl`, or any file whose first line is a JSON object), a
+    Parquet file or JSON array (`.parquet`, `.json`, read with `datasets`), or a plain-text file
+    (one prompt a non-empty line)."""
+    if path.suffix.lower() not in (".jsonl", ".json", ".parquet"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        first = next((line.strip() for line in lines if line.strip()), "")
+        if not first.startswith("{"):
+            return [PromptRecord(text=line) for line in lines if line.strip()]
+    records = [_record(item, where) for where, item in read_rows(path, PromptFileError)]
     if not records:
         raise PromptFileError(f"{path}: no prompts")
     return records
 
 
-def _record_from_json(line: str, where: str) -> PromptRecord:
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise PromptFileError(f"{where}: not valid JSON ({error.msg})") from None
+def _record(item: Any, where: str) -> PromptRecord:
     if not isinstance(item, dict):
         raise PromptFileError(f"{where}: expected an object with 'prompt' or 'messages'")
     prompt = item.get("prompt", item.get("messages"))

@@ -1,11 +1,13 @@
 """Supervised fine-tuning on demonstrations, with the loss on response tokens only.
 
-Data is JSON Lines, one demonstration per line, in either form:
+Data is JSON Lines, one demonstration per line (or a Parquet file or JSON array of them, read with
+Hugging Face `datasets`), in either form:
 
-- ``{"prompt": "This movie is", "response": " a delight."}``: the policy sees the prompt as it
-  will in PPO (tokenized alone, with the tokenizer's special tokens) and learns the response,
-  tokenized alone and ended with EOS. The texts are joined as they are, so a response that
-  continues a sentence should start with its space.
+- ``{"prompt": "This movie is", "response": " a delight."}`` (or TRL's ``"completion"`` for
+  ``"response"``): the policy sees the prompt as it will in PPO (tokenized alone, with the
+  tokenizer's special tokens) and learns the response, tokenized alone and ended with EOS.
+  The texts are joined as they are, so a response that continues a sentence should start with
+  its space.
 - ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}``:
   rendered with the tokenizer's chat template; the loss is on the assistant turns only (each
   turn's content and end-of-turn tokens, not its role header).
@@ -33,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from policy_trainer.config import SFTOptions
+from policy_trainer.data_files import read_rows
 from policy_trainer.lora import apply_lora, merge_lora
 from policy_trainer.models import load_policy
 from reward_service.errors import describe_validation_errors
@@ -54,12 +57,13 @@ class SFTDataError(ValueError):
 
 
 class PromptResponse(BaseModel):
-    """A demonstration as a prompt and the response to learn."""
+    """A demonstration as a prompt and the response to learn (TRL's prompt-completion form:
+    `completion` for `response`)."""
 
     model_config = ConfigDict(extra="ignore")  # other fields (ids, ratings) may ride along
 
     prompt: str
-    response: str = Field(min_length=1)
+    response: str = Field(min_length=1, validation_alias=AliasChoices("response", "completion"))
 
 
 class Message(BaseModel):
@@ -96,20 +100,15 @@ class SFTResult:
 
 
 def read_demonstrations(path: Path | str) -> list[Demonstration]:
-    """Every demonstration in a JSONL file (blank lines skipped)."""
+    """Every demonstration in a JSONL file (blank lines skipped), or a Parquet file or JSON
+    array of them (read with `datasets`)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
+        rows = list(read_rows(path, SFTDataError))
+    except OSError as error:
         raise SFTDataError(f"cannot read {path}: {error}") from None
     demonstrations: list[Demonstration] = []
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            content = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SFTDataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+    for where, content in rows:
         kind = Conversation if isinstance(content, dict) and "messages" in content else None
         kind = kind or PromptResponse
         try:
@@ -117,7 +116,7 @@ def read_demonstrations(path: Path | str) -> list[Demonstration]:
         except ValidationError as error:
             problems = describe_validation_errors(error.errors())
             raise SFTDataError(
-                f'{path}:{line_number}: expected {{"prompt", "response"}} or '
+                f'{where}: expected {{"prompt", "response" (or "completion")}} or '
                 f'{{"messages": [...]}}: {problems}'
             ) from None
     if not demonstrations:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import get_scheduler
 
 from policy_trainer import checkpoint as checkpoints
-from policy_trainer.config import PPOConfig
+from policy_trainer.config import ConfigError, PPOConfig
 from policy_trainer.experience import Experience, ExperienceMaker
 from policy_trainer.lora import apply_lora, merge_lora
 from policy_trainer.models import load_policy, resolve_policy_source
@@ -53,6 +54,10 @@ from reward_service.client import (
 logger = logging.getLogger(__name__)
 
 FINAL_POLICY_DIRNAME = "policy"
+# --report-to: the trackers' project (wandb, trackio) and, under the run folder, where the
+# tensorboard event files go (RUN_DIR/logs/policy-trainer/).
+TRACKER_PROJECT = "policy-trainer"
+TRACKER_LOGS_DIRNAME = "logs"
 
 
 class TrainingStopped(RuntimeError):
@@ -84,15 +89,21 @@ class PPOTrainer:
         run_info: dict[str, Any] | None = None,
     ) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import ProjectConfiguration, set_seed
 
         self.config = config
         self.run_dir = Path(run_dir)
+        check_tracker_installed(config.report_to)
         # On a machine without CUDA, `accelerate launch --multi_gpu` processes talk over gloo.
         # Gradient accumulation is `_update`'s own, weighted by tokens, not accelerate's.
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
             mixed_precision=_mixed_precision(config.mixed_precision),
+            log_with=None if config.report_to == "none" else config.report_to,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.run_dir),
+                logging_dir=str(self.run_dir / TRACKER_LOGS_DIRNAME),
+            ),
         )
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
@@ -126,8 +137,11 @@ class PPOTrainer:
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         # Stepped once per PPO step, on every process alike (so not handed to accelerate, which
         # would step it once per process).
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer.optimizer, _lr_lambda(config)
+        self.scheduler = get_scheduler(
+            _scheduler_name(config),
+            self.optimizer.optimizer,
+            num_warmup_steps=config.warmup_step_count,
+            num_training_steps=config.steps,
         )
         self.kl_controller = (
             AdaptiveKLController(config.kl_init, config.kl_target, config.kl_horizon)
@@ -170,6 +184,8 @@ class PPOTrainer:
             self.restore_checkpoint(loaded)
         elif run_info is not None:
             self.run_log.write_run_info(run_info)
+        if config.report_to != "none":
+            self.accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(config))
         self.accelerator.wait_for_everyone()
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -204,6 +220,7 @@ class PPOTrainer:
                     raise self._stop_on_reward_failure(resume_point, error) from error
                 self.step += 1
                 self.run_log.log_step(metrics)
+                self.accelerator.log(tracker_metrics(metrics), step=self.step)  # main process
                 progress.update(1)
                 progress.set_postfix(
                     score=f"{metrics['score_mean']:.3f}", kl=f"{metrics['kl']:.3f}"
@@ -218,6 +235,7 @@ class PPOTrainer:
         finally:
             progress.close()
             self.scorer.close()
+            self.accelerator.end_training()  # flushes and closes the trackers
 
     def ppo_step(self, step: int) -> dict[str, Any]:
         """One PPO step; returns its metrics (over every process)."""
@@ -451,8 +469,40 @@ def _mixed_precision(setting: str) -> str:
     return setting
 
 
-def _lr_lambda(config: PPOConfig):
-    """Learning-rate factor after `done` steps: linear from 1 to 0 over the run (N-impl), or 1."""
-    if config.lr_schedule == "constant":
-        return lambda done: 1.0
-    return lambda done: max(0.0, 1.0 - done / config.steps)
+def check_tracker_installed(report_to: str) -> None:
+    """ConfigError where --report-to names a tracker whose package is missing (accelerate would
+    leave it out without a word)."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(tracker.value) for tracker in get_available_trackers()}
+    if report_to != "none" and report_to not in available:
+        raise ConfigError(
+            f"--report-to {report_to}: the {report_to} package is not installed "
+            f"(pip install {report_to})"
+        )
+
+
+def tracker_config(config: PPOConfig) -> dict[str, Any]:
+    """The settings as trackers take hyperparameters: flat (lora.r -> lora_r), and None as
+    text (tensorboard's hparams take numbers, text and booleans only)."""
+    flat: dict[str, Any] = {}
+    for name, value in config.model_dump(mode="json").items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for inner, item in items:
+            key = name if inner is None else f"{name}_{inner}"
+            flat[key] = item if isinstance(item, int | float | str | bool) else str(item)
+    return flat
+
+
+def tracker_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """A step's numeric metrics (the step number itself goes as the tracker's step)."""
+    return {
+        name: float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and name != "step"
+    }
+
+
+def _scheduler_name(config: PPOConfig) -> str:
+    """transformers' name for the schedule: its "constant" would ignore a warm-up."""
+    return "constant_with_warmup" if config.lr_schedule == "constant" else config.lr_schedule

@@ -20,23 +20,18 @@ from reward_service.flags import add_settings_arguments, settings_overrides
 from reward_service.model.inputs import format_inputs
 from reward_service.model.loading import load_model
 from reward_service.model.mapping import RewardMapping
-from reward_service.serving.settings import ServeSettings
+from reward_service.serving.settings import (
+    MAPPING_FIELDS,
+    ServeSettings,
+    normalization_from_flag,
+    outputs_from_flags,
+)
 from reward_service.training import cli as training_cli
 from reward_service.training.default_model import ensure_default_model
 
-# Flags for every model a command loads, generated from ServeSettings' and RewardMapping's fields;
-# --output and --normalize have a syntax of their own (LABEL[:WEIGHT], MEAN,STD).
+# Flags for every model a command loads, generated from ServeSettings' and RewardMapping's fields
+# (those in settings.MAPPING_FIELDS); --output and --normalize have a syntax of their own.
 MODEL_FIELDS = ("backend", "device", "dtype", "allow_pickle", "cache_dir")
-MAPPING_FIELDS = (
-    "activation",
-    "reduce",
-    "scale",
-    "shift",
-    "input_format",
-    "template",
-    "max_length",
-    "truncation_side",
-)
 SERVE_FIELDS = [
     name
     for name in ServeSettings.model_fields
@@ -66,23 +61,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _mapping_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if args.outputs:
-        outputs = []
-        for entry in args.outputs:
-            label, _, weight = entry.rpartition(":") if ":" in entry else (entry, "", "")
-            outputs.append(
-                {"label": label, "weight": float(weight)} if weight else {"label": entry}
-            )
-        overrides["outputs"] = outputs
+        overrides["outputs"] = outputs_from_flags(args.outputs)
     if args.normalize:
-        mean, _, std = args.normalize.partition(",")
-        overrides["normalization"] = {"mean": float(mean), "std": float(std)}
+        overrides["normalization"] = normalization_from_flag(args.normalize)
     return overrides
 
 
-def _settings(args: argparse.Namespace) -> ServeSettings:
-    """ServeSettings from the flags given; REWARD_SERVICE_* variables fill in the rest."""
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    """ServeSettings from the flags given; REWARD_SERVICE_* variables fill in the rest (a
+    grouped option's flag beats its variable, the group's other options still read theirs)."""
     values = settings_overrides(
-        args, ServeSettings, fields=(*SERVE_FIELDS, *MODEL_FIELDS, "preset")
+        args, ServeSettings, fields=(*SERVE_FIELDS, *MODEL_FIELDS, "preset"), partial=True
     )
     overrides = {
         **settings_overrides(args, RewardMapping, fields=MAPPING_FIELDS),
@@ -133,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _score_in_process(args: argparse.Namespace) -> dict:
     """Scores with the first model given (or the default) on the offline scoring path."""
-    settings = _settings(args)
+    settings = serve_settings(args)
     request = ScoreRequest(
         texts=args.texts or None,
         prompts=args.prompts,
@@ -144,7 +133,11 @@ def _score_in_process(args: argparse.Namespace) -> dict:
     spec = settings.model_specs(default_source)[0]
     model = load_model(spec)
     inputs = format_inputs(
-        model.mapping, texts=request.texts, prompts=request.prompts, completions=request.completions
+        model.mapping,
+        texts=request.texts,
+        prompts=request.prompts,
+        completions=request.completions,
+        render_chat=model.render_chat,
     )
     scored = model.score(inputs)
     response = ScoreResponse(
@@ -180,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from reward_service.serving.server import run
 
-            return run(_settings(args))
+            return run(serve_settings(args))
         if args.command == "score":
             result = _score_remote(args) if args.urls else _score_in_process(args)
             print(json.dumps(result))

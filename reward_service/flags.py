@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 Settings = TypeVar("Settings", bound=BaseModel)
@@ -51,8 +51,8 @@ def add_settings_arguments(
             continue
         dest = prefix + name
         flag = _flag(field)
-        if _is_settings(field.annotation):
-            add_settings_arguments(parser, field.annotation, prefix=_nested_prefix(flag, dest))
+        if is_settings_model(field.annotation):
+            add_settings_arguments(parser, field.annotation, prefix=flag_prefix(field, dest))
             continue
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         shown = f" [{default}]" if default not in (None, []) else ""
@@ -73,7 +73,7 @@ def add_settings_arguments(
                 options["action"] = "append"
             elif nargs:
                 options["nargs"] = nargs
-        group.add_argument(spelled, **options)
+        group.add_argument(spelled, *_alias_flags(field, name, prefix), **options)
     return group
 
 
@@ -83,18 +83,23 @@ def settings_overrides(
     *,
     fields: Collection[str] | None = None,
     prefix: str = "",
+    partial: bool = False,
 ) -> dict[str, Any]:
     """The fields of `settings` (or of those named in `fields`) given on the command line. A
-    nested settings model counts as given where its flags change it from its defaults."""
+    nested settings model counts as given where its flags change it from its defaults; with
+    `partial`, as the flags given, even at their defaults (for pydantic-settings, which merges
+    them over its variables key by key, so that a flag always beats a variable)."""
     overrides: dict[str, Any] = {}
     for name, field in settings.model_fields.items():
         if fields is not None and name not in fields:
             continue
         dest = prefix + name
-        if _is_settings(field.annotation):
-            nested_prefix = _nested_prefix(_flag(field), dest)
-            nested = settings_overrides(args, field.annotation, prefix=nested_prefix)
-            if nested and not _is_default(field.annotation, nested):
+        if is_settings_model(field.annotation):
+            nested_prefix = flag_prefix(field, dest)
+            nested = settings_overrides(
+                args, field.annotation, prefix=nested_prefix, partial=partial
+            )
+            if nested and (partial or not _is_default(field.annotation, nested)):
                 overrides[name] = nested
         elif getattr(args, dest, None) is not None:
             overrides[name] = getattr(args, dest)
@@ -106,15 +111,28 @@ def settings_from_args(args: argparse.Namespace, settings: type[Settings]) -> Se
     return settings(**settings_overrides(args, settings))
 
 
+def _alias_flags(field: FieldInfo, name: str, prefix: str) -> list[str]:
+    """A field's other names (`validation_alias=AliasChoices(...)`, e.g. TRL's `cliprange` for
+    `clip_range`) as flags of their own: ``--cliprange``."""
+    if not isinstance(field.validation_alias, AliasChoices):
+        return []
+    names = [choice for choice in field.validation_alias.choices if isinstance(choice, str)]
+    return ["--" + (prefix + alias).replace("_", "-") for alias in names if alias != name]
+
+
 def _flag(field: FieldInfo) -> Flag:
     return next((item for item in field.metadata if isinstance(item, Flag)), Flag())
 
 
-def _nested_prefix(flag: Flag, dest: str) -> str:
+def flag_prefix(field: FieldInfo, dest: str) -> str:
+    """What the flags (and variables) of a nested settings field `dest` begin with:
+    ``lora`` -> ``lora_`` (``--lora-rank``); ``Flag(prefix="")``: nothing (``--max-batch-size``)."""
+    flag = _flag(field)
     return flag.prefix if flag.prefix is not None else f"{dest}_"
 
 
-def _is_settings(annotation: Any) -> bool:
+def is_settings_model(annotation: Any) -> bool:
+    """Whether a field holds a nested settings model (whose fields are flags of their own)."""
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -59,21 +60,33 @@ def require_browser() -> None:
     pytest.skip(message)
 
 
+# A machine with no network, as far as the browser can tell: every host name but loopback fails
+# to resolve, and every non-loopback address (IP literals too) goes to a proxy on a port that
+# nothing listens on. Chromium never sends loopback through a proxy.
+NO_NETWORK_FLAGS = (
+    # One argv entry, so no shell quotes around the rules.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--proxy-server=http://127.0.0.1:9",
+)
+
+
 @contextlib.contextmanager
-def chromium(size: tuple[int, int] = LAPTOP) -> Iterator:
+def chromium(size: tuple[int, int] = LAPTOP, *, offline: bool = False) -> Iterator:
     """A fresh headless Chromium (its own profile in a temporary folder) with a WebDriver
-    session; quit on leaving."""
+    session; quit on leaving. `offline`: it reaches nothing but 127.0.0.1, and it keeps the
+    performance log that `requested_urls` reads."""
     require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
+    for flag in (*CHROMIUM_FLAGS, *(NO_NETWORK_FLAGS if offline else ())):
         options.add_argument(flag)
     options.add_argument(f"--window-size={size[0]},{size[1]}")
-    # The page's console, so that a test can say no script failed.
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The page's console, so that a test can say no script failed; offline, its network events.
+    logs = {"browser": "ALL", **({"performance": "ALL"} if offline else {})}
+    options.set_capability("goog:loggingPrefs", logs)
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         options.add_argument(f"--user-data-dir={profile}")
         service = Service(executable_path=str(CHROMEDRIVER))
@@ -96,6 +109,17 @@ def wait_until(driver, condition: Callable, what: str, timeout_s: float = WAIT_S
 def console_errors(driver) -> list[str]:
     """The page's console errors since the last call (a failed script, a refused resource)."""
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def requested_urls(driver) -> list[str]:
+    """Every URL the page asked for since the last call (DevTools' Network.requestWillBeSent in
+    the performance log of a `chromium(offline=True)`), whether or not it was answered."""
+    events = (json.loads(entry["message"])["message"] for entry in driver.get_log("performance"))
+    return [
+        event["params"]["request"]["url"]
+        for event in events
+        if event["method"] == "Network.requestWillBeSent"
+    ]
 
 
 # --- the `reward-service feedback` commands and the app's server -----------------------------

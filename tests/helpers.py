@@ -127,6 +127,30 @@ CHATML_TEMPLATE = (
 )
 
 
+def build_tiny_bpe_tokenizer(*, eos_token: str, pad_token: str | None):
+    """A byte-level BPE tokenizer with ChatML's special tokens and chat template, trained on the
+    fly (vocab 300), as decoder models have them; `pad_token` None leaves it without one, as
+    Llama's tokenizers are."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe_trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(TINY_LM_CORPUS, bpe_trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=eos_token, pad_token=pad_token
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
 def build_tiny_causal_lm(
     out: Path,
     *,
@@ -141,30 +165,15 @@ def build_tiny_causal_lm(
     `generation_config` (GenerationConfig fields) is saved as the folder's
     generation_config.json, the sampling defaults a model ships with."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         GenerationConfig,
         GPT2Config,
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
-        PreTrainedTokenizerFast,
     )
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe_trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(TINY_LM_CORPUS, bpe_trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|im_end|>"
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer = build_tiny_bpe_tokenizer(eos_token="<|im_end|>", pad_token="<|im_end|>")
 
     torch.manual_seed(seed)
     special = dict(
@@ -205,6 +214,28 @@ def build_tiny_causal_lm(
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tiny_grpo_config(output_dir: Path, **overrides):
+    """TRL's GRPOConfig for a few CPU-cheap steps of a tiny policy: 4 completions a step (2 per
+    prompt), each a few tokens, no saving, no reporting; `overrides` are GRPOConfig fields."""
+    from trl import GRPOConfig
+
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return GRPOConfig(**{**settings, **overrides})
 
 
 def free_port() -> int:
@@ -574,3 +605,25 @@ class PPOTask:
             str(run_dir),
             *flags,
         ]
+
+
+# --- chat markup (tests/test_markup.py, tests/test_openrlhf.py) ---------------------------------
+
+CLEAN_PROMPT = "Was the film good?"
+CLEAN_COMPLETION = "Yes, I loved it."
+
+# How each family's chat template, then its tokenizer's decode with skip_special_tokens=False,
+# writes a one-turn conversation and its answer (the spellings of each family's own template).
+MARKED_UP = {
+    "chatml": (
+        f"<|im_start|>user\n{CLEAN_PROMPT}<|im_end|>\n<|im_start|>assistant\n",
+        f"{CLEAN_COMPLETION}<|im_end|>\n<|endoftext|><|endoftext|>",
+    ),
+    "llama3": (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+        f"{CLEAN_PROMPT}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        f"{CLEAN_COMPLETION}<|eot_id|><|finetune_right_pad_id|>",
+    ),
+    "llama2": (f"<s>[INST] {CLEAN_PROMPT} [/INST]", f" {CLEAN_COMPLETION}</s>"),
+    "special-tokens": (f"<s>{CLEAN_PROMPT}", f"{CLEAN_COMPLETION}</s><pad><pad>"),
+}

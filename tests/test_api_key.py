@@ -1,8 +1,10 @@
-"""`serve --api-key`: REST and every gRPC reward method need the key as a bearer token, compared
-in constant time; health probes, metrics, gRPC health and reflection stay open; and a server
-reachable from the network without a key says so at start."""
+"""`serve --api-key`: REST and every gRPC reward method need the key as a bearer token (or REST as
+a Basic password), compared in constant time; health probes, metrics, gRPC health and reflection
+stay open; and a server reachable from the network without a key says so at start."""
 
 from __future__ import annotations
+
+import base64
 
 import grpc
 import httpx
@@ -125,11 +127,20 @@ def test_grpc_reflection_needs_no_key(server):
 # --- the key itself ---------------------------------------------------------------------------
 
 
-def test_the_key_is_compared_as_a_bearer_token():
+def basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def test_the_key_is_compared_as_a_bearer_token_or_as_the_password_of_basic_credentials():
     assert is_authorized(f"Bearer {KEY}", KEY)
     assert is_authorized(f"bearer {KEY}", KEY)
+    assert is_authorized(basic(f"rm:{KEY}"), KEY)  # http://rm:KEY@host/ (OpenRLHF's remote_url)
+    assert is_authorized(basic(f":{KEY}"), KEY)
     assert not is_authorized(KEY, KEY)  # no scheme
-    assert not is_authorized(f"Basic {KEY}", KEY)
+    assert not is_authorized(f"Basic {KEY}", KEY)  # not base64 credentials
+    assert not is_authorized(basic(KEY), KEY)  # no user:password colon
+    assert not is_authorized(basic(f"{KEY}:"), KEY)  # the key is the password, not the user
+    assert not is_authorized(basic(f"rm:{KEY}x"), KEY)
     assert not is_authorized(f"Bearer {KEY}x", KEY)
     assert not is_authorized(None, KEY)
 

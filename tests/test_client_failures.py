@@ -4,6 +4,7 @@ one replica of two answering server errors, a body too large for one request, a 
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import math
 import signal
@@ -24,6 +25,7 @@ from helpers import (
 from load_report import Tally
 
 from reward_service.client import (
+    AsyncRewardFunction,
     BadRequest,
     NonFiniteReward,
     RewardClient,
@@ -50,7 +52,7 @@ def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return poison_word(folder, POISON)
 
 
-def test_the_default_client_and_the_trl_reward_function_ride_out_a_restart_of_20_s(
+def test_the_default_client_and_the_trl_reward_functions_ride_out_a_restart_of_20_s(
     classifier: Path, tmp_path: Path, load_report
 ):
     args = ["--model", f"rm={classifier}"]
@@ -71,12 +73,21 @@ def test_the_default_client_and_the_trl_reward_function_ride_out_a_restart_of_20
 
         client = RewardClient(server.url)  # every option at its default
         reward_function = RewardFunction(server.url)
+
+        async def async_reward() -> list[float]:  # on its own loop, as TRL's daemon loop runs it
+            reward = AsyncRewardFunction(server.url)
+            try:
+                return await reward(prompts=["the film"], completions=["good"])
+            finally:
+                await reward.aclose()
+
         callers = [
             threading.Thread(target=call, args=("client", lambda: client.score(texts=["good"]))),
             threading.Thread(
                 target=call,
                 args=("trl", lambda: reward_function(prompts=["the film"], completions=["good"])),
             ),
+            threading.Thread(target=call, args=("trl-async", lambda: asyncio.run(async_reward()))),
         ]
         down_since = time.monotonic()
         for caller in callers:
@@ -91,17 +102,18 @@ def test_the_default_client_and_the_trl_reward_function_ride_out_a_restart_of_20
         restarted = start_server(args, tmp_path, port=server.port)
         for caller in callers:
             caller.join(timeout=WAIT_S)
-        succeeded = sum(isinstance(outcomes.get(name), list) for name in ("client", "trl"))
+        names = ("client", "trl", "trl-async")
+        succeeded = sum(isinstance(outcomes.get(name), list) for name in names)
         load_report.record(
             Tally(
                 f"a restart of at least {OUTAGE_S} s",
-                "a default RewardClient call and a TRL RewardFunction call, sent while the "
-                "server is down",
+                "a default RewardClient call and TRL RewardFunction and AsyncRewardFunction "
+                "calls, sent while the server is down",
                 admitted=succeeded,
-                lost=2 - succeeded,
+                lost=len(names) - succeeded,
             )
         )
-        for name in ("client", "trl"):
+        for name in names:
             rewards = outcomes[name]
             assert isinstance(rewards, list) and len(rewards) == 1, f"{name}: {rewards!r}"
         client.close()

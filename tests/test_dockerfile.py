@@ -14,10 +14,9 @@ import pytest
 from helpers import REPO_ROOT, WAIT_S, free_port
 
 from reward_service.serving.settings import ServeSettings
+from reward_service.variables import variables
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-# Variables the service reads besides its settings (reward_service.config, default_model).
-OTHER_VARIABLES = {"REWARD_SERVICE_CACHE", "REWARD_SERVICE_DEFAULT_MODEL"}
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -87,9 +86,9 @@ def test_every_variable_the_image_and_the_readme_set_is_one_the_service_reads(mo
     # Every name the section writes out; `REWARD_SERVICE_<OPTION>` is the pattern itself.
     documented = set(re.findall(r"REWARD_SERVICE_[A-Z_]+", readme_production_section()))
     documented.discard("REWARD_SERVICE_")
-    settings = {f"REWARD_SERVICE_{name.upper()}" for name in ServeSettings.model_fields}
+    settings = {variable.name for variable in variables(ServeSettings)}
 
-    assert set(env) | documented <= settings | OTHER_VARIABLES
+    assert set(env) | documented <= settings | set(ServeSettings.other_variables)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     configured = ServeSettings()

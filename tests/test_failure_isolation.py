@@ -70,3 +70,17 @@ def test_warm_up_ends_with_a_batch_as_large_as_the_limits_allow(server_factory, 
     assert server.gate.largest_forward() == 16 * 128
     small = server_factory(["--model", f"m={folder}", "--max-batch-size", "4"], gated=True)
     assert small.gate.largest_forward() == 4 * 128
+
+
+def test_a_model_whose_warm_up_pass_fails_stops_the_server_with_the_reason(server_factory, folder):
+    """Not a server that says "loading" forever: the warm-up's error ends it, in one line."""
+    server = server_factory(
+        ["--model", f"m={folder}"], gated=True, held_loads=["m"], wait_ready=False
+    )
+    [warm_token] = AutoTokenizer.from_pretrained(folder)("warm", add_special_tokens=False)[
+        "input_ids"
+    ]
+    server.gate.fail_forward_on(warm_token)  # every warm-up pass holds "warm"
+    server.gate.release_load("m")
+    assert server.process.wait(timeout=HTTP_TIMEOUT_S) != 0
+    assert "model 'm' failed its warm-up forward pass" in server.log()

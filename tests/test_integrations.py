@@ -8,7 +8,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from helpers import HTTP_TIMEOUT_S
+from helpers import HTTP_TIMEOUT_S, tiny_grpo_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from reward_service import cli
@@ -140,25 +140,12 @@ def test_grpo_trainer_runs_with_the_reward_function_and_the_server_sees_its_requ
     server, tmp_path
 ):
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     policy, tokenizer = tiny_policy()
     reward = RewardFunction(server.url, name="remote_rm")
     before = requests_seen(server, "/v1/score")
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=6,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-3,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
+    args = tiny_grpo_config(tmp_path)
     trainer = GRPOTrainer(
         model=policy,
         reward_funcs=[reward],

@@ -327,7 +327,7 @@ def test_a_model_whose_label_indices_have_gaps_is_rejected():
         {"outputs": []},
         {"activation": "relu"},
         {"reduce": "mean"},
-        {"input_format": "chat"},
+        {"input_format": "messages"},
         {"truncation_side": "middle"},
         {"max_length": 0},
         {"scael": 2.0},
@@ -689,6 +689,7 @@ def test_the_summary_describes_outputs_by_name_and_index_and_is_json_ready():
         "template": "{prompt}{completion}",
         "max_length": None,
         "truncation_side": "right",
+        "strip_markup": ["chatml", "llama3", "llama2", "special-tokens"],
     }
     assert json.loads(json.dumps(summary)) == summary
 

@@ -46,10 +46,23 @@ def fuzzed_server(server_factory, tiny_model_factory):
 OPERATIONS = {
     ("POST", "/v1/score"): [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
     ("POST", "/get_reward"): [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+    ("POST", "/get_reward/{model}"): [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
     ("GET", "/v1/models"): [GenerationMode.POSITIVE],
     ("GET", "/health/live"): [GenerationMode.POSITIVE],
     ("GET", "/health/ready"): [GenerationMode.POSITIVE],
     ("GET", "/metrics"): [GenerationMode.POSITIVE],
+    # Text Embeddings Inference's routes (serving/tei.py)
+    ("POST", "/predict"): [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+    ("POST", "/"): [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+    ("POST", "/rerank"): [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+    ("GET", "/info"): [GenerationMode.POSITIVE],
+    ("GET", "/health"): [GenerationMode.POSITIVE],
+    ("GET", "/v2/health/live"): [GenerationMode.POSITIVE],
+    ("GET", "/v2/health/ready"): [GenerationMode.POSITIVE],
+    ("GET", "/v2"): [GenerationMode.POSITIVE],
+    ("GET", "/v2/models/{name}"): [GenerationMode.POSITIVE],
+    ("GET", "/v2/models/{name}/ready"): [GenerationMode.POSITIVE],
+    ("POST", "/v2/models/{name}/infer"): [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
 }
 
 

@@ -6,11 +6,12 @@
 
 `RewardClient` / `AsyncRewardClient` share `BaseRewardClient` (base.py: configuration, request
 splitting, retry policy, endpoint choice); transports are http_transport.py and grpc_transport.py;
-`RewardFunction` (trl.py) plugs the client into TRL's GRPOTrainer and RLOOTrainer.
+`RewardFunction` and `AsyncRewardFunction` (trl.py) plug the clients into TRL's GRPOTrainer and
+RLOOTrainer.
 """
 
 from reward_service.client.async_client import AsyncRewardClient
-from reward_service.client.base import backoff_delay_s
+from reward_service.client.base import ScoreResult, backoff_delay_s
 from reward_service.client.contract import ClientConfig
 from reward_service.client.errors import (
     BadRequest,
@@ -25,10 +26,11 @@ from reward_service.client.errors import (
     UntrustedServer,
 )
 from reward_service.client.sync_client import RewardClient
-from reward_service.client.trl import RewardFunction, messages_to_text
+from reward_service.client.trl import AsyncRewardFunction, RewardFunction, messages_to_text
 
 __all__ = [
     "AsyncRewardClient",
+    "AsyncRewardFunction",
     "BadRequest",
     "ClientConfig",
     "DeadlineExceeded",
@@ -36,6 +38,7 @@ __all__ = [
     "RewardClient",
     "RewardClientError",
     "RewardFunction",
+    "ScoreResult",
     "NonFiniteReward",
     "ServerError",
     "Unauthorized",

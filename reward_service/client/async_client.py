@@ -10,11 +10,12 @@ from typing import Any
 from reward_service.client.base import (
     BaseRewardClient,
     Call,
-    assemble,
+    ScoreResult,
     make_transports,
+    score_result,
     transport_kind,
 )
-from reward_service.client.contract import Chunk, ItemLimitExceeded, Retryable
+from reward_service.client.contract import Chunk, ItemLimitExceeded, Retryable, Scores
 from reward_service.client.errors import DeadlineExceeded, ServerError
 
 
@@ -42,16 +43,30 @@ class AsyncRewardClient(BaseRewardClient):
         model: str | None = None,
     ) -> list[float]:
         """One reward per text (or per prompt/completion pair), in order."""
+        result = await self.score_detailed(
+            texts, prompts=prompts, completions=completions, model=model
+        )
+        return result.rewards
+
+    async def score_detailed(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        prompts: Sequence[str] | None = None,
+        completions: Sequence[str] | None = None,
+        model: str | None = None,
+    ) -> ScoreResult:
+        """As score(), with how many items were truncated and how long the call took."""
         whole, chunks = self._plan(texts, prompts, completions)
         call = Call.start(self.config, self.pool)
         model = self._model(model)
         tasks = [asyncio.ensure_future(self._score_in_slot(call, chunk, model)) for chunk in chunks]
         try:
             if call.deadline is None:
-                rewards = await asyncio.gather(*tasks)
+                answers = await asyncio.gather(*tasks)
             else:
                 timeout_s = max(0.0, call.deadline - time.monotonic())
-                rewards = await asyncio.wait_for(asyncio.gather(*tasks), timeout_s)
+                answers = await asyncio.wait_for(asyncio.gather(*tasks), timeout_s)
         except DeadlineExceeded:
             raise
         except TimeoutError:  # wait_for's: the deadline passed mid-request
@@ -59,9 +74,9 @@ class AsyncRewardClient(BaseRewardClient):
         finally:
             for task in tasks:
                 task.cancel()
-        return assemble(whole, list(zip(chunks, rewards, strict=True)))
+        return score_result(whole, list(zip(chunks, answers, strict=True)), call)
 
-    async def _score_in_slot(self, call: Call, chunk: Chunk, model: str | None) -> list[float]:
+    async def _score_in_slot(self, call: Call, chunk: Chunk, model: str | None) -> Scores:
         async with self._slots:
             return await self._score_chunk(call, chunk, model)
 
@@ -69,14 +84,14 @@ class AsyncRewardClient(BaseRewardClient):
         """Each served model's entry of GET /v1/models, as RewardClient.list_models."""
         return await self._with_retries(Call.start(self.config, self.pool), "list_models")
 
-    async def _score_chunk(self, call: Call, chunk: Chunk, model: str | None) -> list[float]:
+    async def _score_chunk(self, call: Call, chunk: Chunk, model: str | None) -> Scores:
         try:
             return await self._with_retries(call, "score", chunk, model)
         except ItemLimitExceeded as refusal:
-            rewards = []
-            for part in self._shrink(chunk, refusal):
-                rewards += await self._score_chunk(call, part, model)
-            return rewards
+            parts = [
+                await self._score_chunk(call, part, model) for part in self._shrink(chunk, refusal)
+            ]
+            return Scores.joined(parts)
 
     async def _with_retries(self, call: Call, method: str, *args: Any) -> Any:
         """As RewardClient._with_retries, waiting with asyncio.sleep."""

@@ -17,6 +17,7 @@ from reward_service.client.contract import (
     ClientConfig,
     ItemLimitExceeded,
     Retryable,
+    Scores,
     check_items,
 )
 from reward_service.client.errors import (
@@ -122,6 +123,7 @@ class Call:
     pool: EndpointPool
     deadline: float | None = None  # time.monotonic()
     aborted: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def start(cls, config: ClientConfig, pool: EndpointPool) -> Call:
@@ -263,7 +265,24 @@ class BaseRewardClient:
         return model if model is not None else self.config.model
 
 
-def assemble(whole: Chunk, parts: Sequence[tuple[Chunk, list[float]]]) -> list[float]:
+@dataclass(frozen=True)
+class ScoreResult:
+    """What score_detailed() answers: the rewards, in order; how many items the servers
+    truncated to their model's max_length; the call's wall time, retries and all."""
+
+    rewards: list[float]
+    truncated: int
+    elapsed_s: float
+
+
+def score_result(whole: Chunk, parts: Sequence[tuple[Chunk, Scores]], call: Call) -> ScoreResult:
+    """The answers to a call's requests as one result (see assemble for the checks)."""
+    rewards = assemble(whole, [(chunk, scores.rewards) for chunk, scores in parts])
+    truncated = sum(scores.truncated for _, scores in parts)
+    return ScoreResult(rewards, truncated, time.monotonic() - call.started)
+
+
+def assemble(whole: Chunk, parts: Sequence[tuple[Chunk, list[float | None]]]) -> list[float]:
     """Rewards in the caller's order, checking every item got exactly one, and a finite one."""
     rewards: list[float | None] = [None] * whole.size
     for chunk, chunk_rewards in parts:

@@ -109,6 +109,24 @@ class ItemLimitExceeded(Exception):  # noqa: N818
 
 
 @dataclass(frozen=True)
+class Scores:
+    """A server's answer to one request: one reward per item (None or NaN where the model gave
+    no finite reward; assemble() refuses those) and how many items it truncated to the model's
+    max_length."""
+
+    rewards: list[float | None]
+    truncated: int = 0
+
+    @classmethod
+    def joined(cls, parts: Sequence[Scores]) -> Scores:
+        """The answers to consecutive parts of one request, as one."""
+        return cls(
+            [reward for part in parts for reward in part.rewards],
+            sum(part.truncated for part in parts),
+        )
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One request's worth of a call: items [start, start + size) of the caller's lists."""
 

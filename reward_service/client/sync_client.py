@@ -12,11 +12,12 @@ from reward_service.client.base import (
     BaseRewardClient,
     Call,
     CallAborted,
-    assemble,
+    ScoreResult,
     make_transports,
+    score_result,
     transport_kind,
 )
-from reward_service.client.contract import Chunk, ItemLimitExceeded, Retryable
+from reward_service.client.contract import Chunk, ItemLimitExceeded, Retryable, Scores
 from reward_service.client.errors import ServerError
 
 
@@ -50,12 +51,25 @@ class RewardClient(BaseRewardClient):
     ) -> list[float]:
         """One reward per text (or per prompt/completion pair), in order. Raises BadRequest,
         Unauthorized, ServerError, Unavailable or DeadlineExceeded (all RewardClientError)."""
+        return self.score_detailed(
+            texts, prompts=prompts, completions=completions, model=model
+        ).rewards
+
+    def score_detailed(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        prompts: Sequence[str] | None = None,
+        completions: Sequence[str] | None = None,
+        model: str | None = None,
+    ) -> ScoreResult:
+        """As score(), with how many items were truncated and how long the call took."""
         whole, chunks = self._plan(texts, prompts, completions)
         call = Call.start(self.config, self.pool)
         model = self._model(model)
         if len(chunks) <= 1:
-            return assemble(
-                whole, [(chunk, self._score_chunk(call, chunk, model)) for chunk in chunks]
+            return score_result(
+                whole, [(chunk, self._score_chunk(call, chunk, model)) for chunk in chunks], call
             )
         futures: dict[Future, Chunk] = {
             self._workers().submit(self._score_chunk, call, chunk, model): chunk for chunk in chunks
@@ -67,19 +81,19 @@ class RewardClient(BaseRewardClient):
             for future in futures:
                 future.cancel()
             raise
-        return assemble(whole, parts)
+        return score_result(whole, parts, call)
 
     def list_models(self) -> list[dict[str, Any]]:
         """Each served model's entry of GET /v1/models (name, labels, reward mapping, ...), from
         the first endpoint that answers; retried as score() is."""
         return self._with_retries(Call.start(self.config, self.pool), "list_models")
 
-    def _score_chunk(self, call: Call, chunk: Chunk, model: str | None) -> list[float]:
+    def _score_chunk(self, call: Call, chunk: Chunk, model: str | None) -> Scores:
         try:
             return self._with_retries(call, "score", chunk, model)
         except ItemLimitExceeded as refusal:
             parts = self._shrink(chunk, refusal)
-            return [reward for part in parts for reward in self._score_chunk(call, part, model)]
+            return Scores.joined([self._score_chunk(call, part, model) for part in parts])
 
     def _with_retries(self, call: Call, method: str, *args: Any) -> Any:
         """`transport.<method>(url, *args, timeout_s)` on the endpoint the pool picks, retried

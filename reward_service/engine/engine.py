@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,18 +16,23 @@ from reward_service.engine.schemas import ModelInfo, ScoreRequest, ScoreResponse
 from reward_service.errors import (
     InvalidRequest,
     ItemTooLong,
+    ModelLoadError,
     ModelNotFound,
     NotReady,
     ShuttingDown,
     TooManyCharacters,
     TooManyItems,
+    first_line,
 )
-from reward_service.model.inputs import characters, format_inputs
-from reward_service.model.loading import load_model
+from reward_service.model.inputs import TokenizerInput, characters, format_inputs
+from reward_service.model.loading import LoadedModel, load_model
 from reward_service.model.mapping import mapping_summary
 from reward_service.model.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
+
+# Threads that tokenise requests (TEI's /info publishes it as tokenization_workers).
+TOKENIZATION_THREADS = 1
 
 
 class Engine:
@@ -67,7 +73,9 @@ class Engine:
         }
         self._queues: dict[str, ModelQueue] = {}
         # Tokenisation runs off the event loop; the Rust tokenizer releases the GIL.
-        self._tokenize_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+        self._tokenize_executor = ThreadPoolExecutor(
+            TOKENIZATION_THREADS, thread_name_prefix="tokenize"
+        )
         # Every torch call (load, warm-up, forward passes of every model) runs on this one thread.
         # A thread that runs torch ops gets its own OpenMP thread team; with more OpenMP threads
         # than cores, libgomp stops spin-waiting between parallel regions and every region pays
@@ -137,7 +145,14 @@ class Engine:
                 self._tokenize_executor,
                 self._compute_executor,
             )
-            await loop.run_in_executor(self._compute_executor, queue.warm_up)
+            try:
+                await loop.run_in_executor(self._compute_executor, queue.warm_up)
+            except Exception as error:
+                # Else the loading task dies unseen and the server stays "loading" forever.
+                raise ModelLoadError(
+                    f"model {spec.name!r} failed its warm-up forward pass: "
+                    f"{type(error).__name__}: {first_line(error)}"
+                ) from error
             queue.on_batching_died = self._batching_died
             queue.start()
             self._queues[spec.name] = queue
@@ -171,11 +186,7 @@ class Engine:
 
     async def _score(self, request: ScoreRequest, deadline: float | None) -> ScoreResponse:
         queue = self._queue_for(request.model)
-        if request.item_count > self.batching.max_items_per_request:
-            raise TooManyItems(
-                f"{request.item_count} items in one request; this server takes at most "
-                f"{self.batching.max_items_per_request}: split the request"
-            )
+        check_item_count(request.item_count, self.batching)
         check_characters(request, self.batching)
         try:
             inputs = format_inputs(
@@ -183,6 +194,7 @@ class Engine:
                 texts=request.texts,
                 prompts=request.prompts,
                 completions=request.completions,
+                render_chat=queue.model.render_chat,
             )
         except ValueError as error:
             raise InvalidRequest(str(error)) from None
@@ -205,6 +217,11 @@ class Engine:
         if queue is None:
             raise NotReady(f"model {name!r} is still loading; retry when /health/ready says ready")
         return queue
+
+    def loaded_model(self, name: str | None) -> LoadedModel:
+        """The model a name selects (the server's first for None), for transports that read its
+        mapping; ModelNotFound or NotReady as `score` would raise."""
+        return self._queue_for(name).model
 
     def model_infos(self) -> list[ModelInfo]:
         return [self._model_info(spec) for spec in self.specs.values()]
@@ -238,10 +255,25 @@ class Engine:
         )
 
 
+def check_item_count(count: int, limits: BatchingConfig) -> None:
+    """Refuses a request of more than `max_items_per_request` items."""
+    if count > limits.max_items_per_request:
+        raise TooManyItems(
+            f"{count} items in one request; this server takes at most "
+            f"{limits.max_items_per_request}: split the request"
+        )
+
+
 def check_characters(request: ScoreRequest, limits: BatchingConfig) -> None:
     """Refuses the first item longer than `max_chars_per_item` characters (a pair counts both
     texts), and a request longer than `max_chars_per_request` in all."""
     items = request.texts or zip(request.prompts or (), request.completions or (), strict=True)
+    check_item_characters(items, limits)
+
+
+def check_item_characters(items: Iterable[TokenizerInput], limits: BatchingConfig) -> None:
+    """check_characters over items, for a transport that splits one request of texts and
+    pairs into several engine requests: the limits hold for the request it was sent as."""
     total = 0
     for index, item in enumerate(items):
         length = characters(item)

@@ -6,7 +6,7 @@ objects, so both transports validate input in exactly one place.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -68,8 +68,26 @@ class ModelInfo(BaseModel):
     description: str | None = None
 
 
+class ModelCard(BaseModel):
+    """A model in the OpenAI API's shape (`client.models.list()` of the `openai` SDK)."""
+
+    id: str = Field(description="The model's name, as `model` takes it.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="When this server started serving it (Unix seconds).")
+    owned_by: str = "reward-service"
+
+
 class ModelList(BaseModel):
+    """Our own `models`, and the same models as the OpenAI API lists them (`object`, `data`)."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
     models: list[ModelInfo]
+
+    @classmethod
+    def of(cls, models: list[ModelInfo], created: int) -> ModelList:
+        cards = [ModelCard(id=model.name, created=created) for model in models]
+        return cls(data=cards, models=models)
 
 
 class ErrorBody(BaseModel):

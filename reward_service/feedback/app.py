@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reward_service.body_limit import BodySizeLimit, Refusal
+from reward_service.docs_pages import DOCS_ASSETS_PATH, add_offline_docs
 from reward_service.errors import describe_validation_errors
 from reward_service.feedback import quality
 from reward_service.feedback.settings import FeedbackSettings
@@ -183,11 +184,15 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        cacheable = scope["path"].startswith("/static/")
+        cacheable = scope["path"].startswith(("/static/", f"{DOCS_ASSETS_PATH}/"))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), *SECURITY_HEADERS]
+                headers = list(message.get("headers", []))
+                # A page with its own policy keeps it (/docs: its inline script's hash); two
+                # policies would both apply, so the stricter default would block that script.
+                own = {name.lower() for name, _ in headers}
+                headers += [header for header in SECURITY_HEADERS if header[0] not in own]
                 if not cacheable:
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
@@ -268,7 +273,11 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
         description="People rank a policy's completions; the rankings train the reward model.",
         version="1",
         lifespan=lifespan,
+        # /docs from the files a package ships, not a CDN: it works offline (docs_pages.py)
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)
     app.state.access = access
     app.add_middleware(
         BodySizeLimit,

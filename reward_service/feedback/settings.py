@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from reward_service.variables import OptionSettings
 
 
-class FeedbackSettings(BaseSettings):
+class FeedbackSettings(OptionSettings):
     """The ranking web app's settings; flags override REWARD_FEEDBACK_* variables."""
 
     model_config = SettingsConfigDict(env_prefix="REWARD_FEEDBACK_", extra="forbid")

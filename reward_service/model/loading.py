@@ -14,7 +14,7 @@ import numpy as np
 from reward_service.errors import MappingError, ModelLoadError, first_line
 from reward_service.model.backends import Backend
 from reward_service.model.backends.onnx import ONNX_FILENAME, OnnxBackend
-from reward_service.model.inputs import TokenizerInput
+from reward_service.model.inputs import ChatRenderer, TokenizerInput
 from reward_service.model.mapping import (
     ResolvedMapping,
     RewardMapping,
@@ -51,6 +51,8 @@ class LoadedModel:
     problem_type: str | None
     mapping: RewardMapping
     resolved: ResolvedMapping
+    # The model's chat template (None where its tokenizer has none), for input_format chat.
+    render_chat: ChatRenderer | None = None
 
     def score(self, inputs: Sequence[TokenizerInput], *, batch_size: int = 64) -> ScoredInputs:
         """Rewards for tokenizer inputs (see model.inputs.format_inputs), in order, exactly as the
@@ -142,6 +144,32 @@ def read_config(folder: Path) -> dict:
         raise ModelLoadError(f"{folder / 'config.json'} is not valid JSON: {error}") from None
 
 
+# OpenRLHF saves its reward models as the base decoder plus a one-output `value_head` linear layer
+# (openrlhf/models/model.py, get_llm_for_sequence_regression): the keys of a transformers
+# sequence classifier but for the head, which transformers calls `score`.
+VALUE_HEAD_KEY = "value_head.weight"
+
+
+def value_head_file(folder: Path) -> Path | None:
+    """The safetensors file holding an OpenRLHF value head, where the folder is such a model."""
+    from safetensors import safe_open
+
+    for weights in sorted(folder.glob("*.safetensors")):
+        with safe_open(weights, framework="numpy") as opened:
+            if VALUE_HEAD_KEY in opened.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                return weights
+    return None
+
+
+def padding_token_id(config: dict, tokenizer) -> int:
+    """The id batches are padded with. A decoder classifier (Llama, Qwen, Mistral...) reads each
+    item's reward at its last token that is not `config.pad_token_id`, so padding must use that
+    very id: the model's own, else its tokenizer's pad token, else its EOS (decoder tokenizers
+    often have no pad token), else 0."""
+    candidates = (config.get("pad_token_id"), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    return next((c for c in candidates if isinstance(c, int) and not isinstance(c, bool)), 0)
+
+
 def model_max_length(config: dict, tokenizer_limit: int | None) -> int:
     """The longest input the model takes: its position table, or the tokenizer's limit if lower."""
     limits = [config.get("max_position_embeddings") or 512]
@@ -162,8 +190,11 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
     folder = resolve_model_folder(spec.source, allow_pickle=spec.allow_pickle)
     config = read_config(folder)
+    value_head = value_head_file(folder)
     id2label = {int(index): label for index, label in (config.get("id2label") or {}).items()}
-    if not id2label:
+    if value_head is not None:
+        id2label = {0: "LABEL_0"}  # one output, whatever the base model's config says
+    elif not id2label:
         id2label = {index: f"LABEL_{index}" for index in range(config.get("num_labels", 2))}
     problem_type = config.get("problem_type")
 
@@ -186,24 +217,65 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(f"{folder} has no fast tokenizer (tokenizer.json); one is required")
     limit = model_max_length(config, tokenizer.model_max_length)
     max_length = min(mapping.max_length or limit, limit)
+    pad_token_id = padding_token_id(config, tokenizer)
     encoder = TextEncoder(
         tokenizer.backend_tokenizer,
         max_length=max_length,
         truncation_side=mapping.truncation_side,
-        pad_token_id=tokenizer.pad_token_id or 0,
+        pad_token_id=pad_token_id,
         input_names=[
             name
             for name in tokenizer.model_input_names
             if name in ("input_ids", "token_type_ids", "attention_mask")
         ],
     )
-    backend = load_backend(spec, folder, input_names=encoder.input_names, num_labels=len(id2label))
+    backend = load_backend(
+        spec,
+        folder,
+        input_names=encoder.input_names,
+        num_labels=len(id2label),
+        pad_token_id=pad_token_id,
+        value_head=value_head,
+    )
     logger.info("loaded %s from %s (%s on %s)", spec.name, folder, backend.name, backend.device)
-    return LoadedModel(spec, folder, backend, encoder, id2label, problem_type, mapping, resolved)
+    render_chat = chat_renderer(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    if mapping.input_format == "chat" and render_chat is None:
+        raise ModelLoadError(
+            f"model {spec.name!r}: input_format chat needs a chat template, and the tokenizer "
+            f"in {folder} has none (tokenizer_config.json chat_template or chat_template.jinja)"
+        )
+    return LoadedModel(
+        spec, folder, backend, encoder, id2label, problem_type, mapping, resolved, render_chat
+    )
+
+
+def chat_renderer(tokenizer) -> ChatRenderer:
+    """A prompt and completion as the user's and the assistant's message, in the tokenizer's chat
+    template, as decoder reward models (Skywork-Reward, ...) are trained to read them. Where the
+    template writes the BOS token and the tokenizer adds it too, the template's is dropped, as
+    `apply_chat_template(tokenize=True)` does by not adding special tokens."""
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+    def render(prompt: str, completion: str) -> str:
+        messages = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": completion},
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return text[len(bos) :] if adds_bos and text.startswith(bos) else text
+
+    return render
 
 
 def load_backend(
-    spec: ModelSpec, folder: Path, *, input_names: tuple[str, ...], num_labels: int
+    spec: ModelSpec,
+    folder: Path,
+    *,
+    input_names: tuple[str, ...],
+    num_labels: int,
+    pad_token_id: int,
+    value_head: Path | None = None,
 ) -> Backend:
     """`auto` runs model.onnx where the folder holds one (an exported folder), PyTorch otherwise."""
     backend = spec.backend
@@ -220,5 +292,10 @@ def load_backend(
     from reward_service.model.backends.torch import TorchBackend
 
     return TorchBackend.load(
-        folder, device=spec.device, dtype=spec.dtype, allow_pickle=spec.allow_pickle
+        folder,
+        device=spec.device,
+        dtype=spec.dtype,
+        allow_pickle=spec.allow_pickle,
+        pad_token_id=pad_token_id,
+        value_head=(value_head, VALUE_HEAD_KEY) if value_head is not None else None,
     )

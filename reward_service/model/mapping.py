@@ -24,12 +24,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reward_service.errors import MappingError, describe_validation_errors
+from reward_service.model.markup import DEFAULT_STRIP_MARKUP
 
 REWARD_CONFIG_FILENAME = "reward_config.json"
 
 Activation = Literal["none", "softmax", "log_softmax", "sigmoid"]
 Reduce = Literal["sum", "max", "min"]
-InputFormat = Literal["text", "pair", "template"]
+InputFormat = Literal["text", "pair", "template", "chat"]
 
 # Label names that mark the "good" class of a two-label classifier, compared case-insensitively.
 POSITIVE_LABEL_NAMES = ("positive", "pos")
@@ -93,7 +94,8 @@ class RewardMapping(BaseModel):
     input_format: InputFormat = Field(
         "template",
         description="How a prompt and completion reach the tokenizer: the completion alone "
-        "(text), as a tokenizer text pair (pair), or joined by the template.",
+        "(text), as a tokenizer text pair (pair), joined by the template, or as a user and an "
+        "assistant message rendered by the model's own chat template (chat).",
     )
     template: str = Field("{prompt}{completion}", description="e.g. '{prompt}\\n{completion}'.")
     max_length: int | None = Field(
@@ -102,6 +104,24 @@ class RewardMapping(BaseModel):
     truncation_side: Literal["right", "left"] = Field(
         "right", description="Which end a too-long item loses."
     )
+    strip_markup: list[str] | None = Field(
+        default=None,
+        description="Chat markup removed from texts, prompts and completions before scoring: "
+        "template names (chatml, llama3, llama2, special-tokens) and/or literal strings. "
+        "None: every known template; [] keeps texts as sent.",
+    )
+
+    @field_validator("strip_markup")
+    @classmethod
+    def _markers_are_not_empty(cls, entries: list[str] | None) -> list[str] | None:
+        if entries is not None and not all(entries):
+            raise ValueError("strip_markup entries must be non-empty strings")
+        return entries
+
+    @property
+    def markup_to_strip(self) -> tuple[str, ...]:
+        """`strip_markup` with its default decided."""
+        return DEFAULT_STRIP_MARKUP if self.strip_markup is None else tuple(self.strip_markup)
 
     @field_validator("template")
     @classmethod
@@ -294,6 +314,12 @@ _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": _sigmoid,
 }
 
+
+def activate(logits: np.ndarray, activation: Activation) -> np.ndarray:
+    """`activation` applied to logits (one row per item) as a mapping applies it."""
+    return _ACTIVATIONS[activation](logits)
+
+
 _REDUCERS: dict[str, Callable[..., np.ndarray]] = {"sum": np.sum, "max": np.max, "min": np.min}
 
 
@@ -325,6 +351,13 @@ class ResolvedMapping:
         combined = _REDUCERS[self.reduce](weighted, axis=1)
         reward = self.scale * combined + self.shift
         return (reward - self.mean) / self.std
+
+    def objectives(self, logits: np.ndarray, id2label: Mapping[int, str]) -> dict[str, np.ndarray]:
+        """What a reward combining several outputs is made of: each selected output's activated
+        value, by label name (before its weight, the reduce and the scale), shape (N,) each."""
+        labels = _labels_in_index_order(id2label)
+        activated = _ACTIVATIONS[self.activation](np.asarray(logits, dtype=np.float64))
+        return {labels[index]: activated[:, index] for index in dict.fromkeys(self.indices)}
 
 
 def resolve(
@@ -438,4 +471,5 @@ def mapping_summary(
         "template": mapping.template,
         "max_length": mapping.max_length,
         "truncation_side": mapping.truncation_side,
+        "strip_markup": list(mapping.markup_to_strip),
     }

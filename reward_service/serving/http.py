@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -10,10 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from reward_service import errors
+from reward_service.docs_pages import add_offline_docs
 from reward_service.engine.engine import Engine
 from reward_service.engine.schemas import ModelList, ScoreRequest, ScoreResponse
 from reward_service.errors import describe_validation_errors
-from reward_service.serving import openrlhf
+from reward_service.serving import kserve, openrlhf, tei
 from reward_service.serving.abandonment import (
     CLIENT_CLOSED_REQUEST,
     ClientGone,
@@ -41,7 +43,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
 ) -> FastAPI:
-    """`api_key`: when set, every route but /health/* and /metrics needs it as a bearer token.
+    """`api_key`: when set, every route but /health/*, /v2/health/* and /metrics needs it as a
+    bearer token.
     `max_body_bytes`: larger request bodies get 413 before they are read.
     `max_body_bytes_in_flight`: the bodies being received at once, in all; past it 429."""
     app = FastAPI(
@@ -49,7 +52,11 @@ def create_app(
         description="Scores texts with reward models (sequence classifiers), batched across "
         "requests.",
         version="1",
+        # /docs from the files a package ships, not a CDN: it works offline (docs_pages.py)
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)
     # The last added runs first: metrics count every answer, refusals included; the key is
     # checked before a body is read or takes a part of the budget.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_body_bytes)
@@ -65,6 +72,10 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, metrics=engine.metrics)
     # POST /get_reward
     app.include_router(openrlhf.create_router(engine), responses=ERROR_RESPONSES)
+    # /v2/...: the Open Inference Protocol (KServe v2, Triton's clients), with its own errors
+    app.include_router(kserve.create_router(engine))
+    # /predict, /rerank, /info, /health (and POST /): Text Embeddings Inference's routes
+    app.include_router(tei.create_router(engine), responses=ERROR_RESPONSES)
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -102,10 +113,13 @@ def create_app(
         deadline = request_deadline(request)
         return await unless_abandoned(request, engine.score(body, deadline=deadline))
 
+    serving_since = int(time.time())  # `created` of each model in the OpenAI-style list
+
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
-        """Each model's name, labels, reward mapping, max_length and backend."""
-        return ModelList(models=engine.model_infos())
+        """Each model's name, labels, reward mapping, max_length and backend (`models`); the
+        same models as the OpenAI API lists them (`object`, `data`: its SDK's models.list())."""
+        return ModelList.of(engine.model_infos(), created=serving_since)
 
     @app.get("/health/live")
     async def live() -> dict:

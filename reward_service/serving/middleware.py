@@ -39,7 +39,8 @@ class ApiKeyMiddleware:
         response = error_response(
             401,
             "unauthorized",
-            "this server needs an API key: send 'Authorization: Bearer KEY'",
+            "this server needs an API key: send 'Authorization: Bearer KEY', or the key as the "
+            "password of Basic credentials (http://user:KEY@host:port/...)",
             {"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)

@@ -1,18 +1,29 @@
 """OpenRLHF's remote reward protocol, so `--reward.remote_url http://HOST:PORT/get_reward` works
-unchanged: `POST /get_reward` with `{"query": [...], "prompts": [...], "labels": [...]}` answers
-`{"rewards": [...], "scores": [...], "extra_logs": {}}`. A thin route over Engine.score."""
+unchanged: `POST /get_reward` (or `/get_reward/{model}` for one of several models) with
+`{"query": [...], "prompts": [...], "labels": [...]}` answers
+`{"rewards": [...], "scores": [...], "extra_logs": {...}}`. A thin route over Engine.score.
+
+OpenRLHF decodes `prompt + response` with its special tokens, left padding included; the model's
+`strip_markup` (model.markup) clears them, so a query scores as its clean prompt/completion pair.
+With an API key set, `http://user:KEY@HOST:PORT/get_reward` works too: OpenRLHF's HTTP clients
+send the URL's userinfo as Basic credentials, which the key check accepts (serving.auth).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+import numpy as np
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from reward_service.engine.engine import Engine
-from reward_service.engine.schemas import ScoreRequest
+from reward_service.engine.schemas import ScoreRequest, ScoreResponse
 from reward_service.errors import TooManyItems
+from reward_service.model.loading import LoadedModel
+from reward_service.model.markup import markup_stripper
 from reward_service.serving.abandonment import request_deadline, unless_abandoned
 
 
@@ -22,8 +33,9 @@ class OpenRLHFRequest(BaseModel):
     query: list[str] = Field(min_length=1, description="Prompt + response texts, one per sample.")
     prompts: list[str] | None = Field(
         None,
-        description="The prompt of each query; where a query starts with its prompt, the "
-        "rest is its completion and the two are scored as a pair.",
+        description="The prompt of each query; where a query starts with its prompt (after "
+        "markup such as left padding), the rest is its completion and the two are scored as a "
+        "pair.",
     )
     labels: list[Any] | None = Field(None, description="Accepted and ignored (for rule rewards).")
 
@@ -31,50 +43,105 @@ class OpenRLHFRequest(BaseModel):
 class OpenRLHFResponse(BaseModel):
     rewards: list[float] = Field(description="One reward per query, in order.")
     scores: list[float] = Field(description="The same values (OpenRLHF reads either).")
-    extra_logs: dict[str, list[float]] = Field(default_factory=dict)
+    extra_logs: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="Where the model's reward combines several outputs: each output's value "
+        "per query, by label (OpenRLHF logs them beside the reward).",
+    )
 
 
-def split_pairs(query: list[str], prompts: list[str] | None) -> list[tuple[str, str] | None]:
-    """(prompt, completion) for each query that starts with its prompt; None scores it whole."""
+def split_pairs(
+    query: list[str], prompts: list[str] | None, strip: Callable[[str], str] = lambda text: text
+) -> list[tuple[str, str] | None]:
+    """(prompt, completion) for each query that holds its prompt with nothing but markup before
+    it (`strip` clears markup); None scores the query whole."""
     if prompts is None or len(prompts) != len(query):
         return [None] * len(query)
-    return [
-        (prompt, text[len(prompt) :]) if prompt and text.startswith(prompt) else None
-        for text, prompt in zip(query, prompts, strict=True)
-    ]
+    pairs: list[tuple[str, str] | None] = []
+    for text, prompt in zip(query, prompts, strict=True):
+        start = text.find(prompt) if prompt else -1
+        if start < 0 or strip(text[:start]):
+            pairs.append(None)
+        else:
+            pairs.append((prompt, text[start + len(prompt) :]))
+    return pairs
+
+
+def combines_outputs(model: LoadedModel) -> bool:
+    return len(set(model.resolved.indices)) > 1
+
+
+def objective_logs(model: LoadedModel, raw: list[list[float]]) -> dict[str, list[float]]:
+    """Each output the reward combines, per query, from the queries' raw logits."""
+    objectives = model.resolved.objectives(np.asarray(raw), model.id2label)
+    return {label: values.tolist() for label, values in objectives.items()}
 
 
 def create_router(engine: Engine) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/get_reward", response_model=OpenRLHFResponse)
-    async def get_reward(request: OpenRLHFRequest, http_request: Request) -> OpenRLHFResponse:
-        """OpenRLHF remote reward: queries scored by the server's first model."""
+    async def get_reward(
+        request: OpenRLHFRequest, http_request: Request, model_name: str | None
+    ) -> OpenRLHFResponse:
         limit = engine.batching.max_items_per_request
         if len(request.query) > limit:  # checked here too: a mixed query is two engine requests
             raise TooManyItems(
                 f"{len(request.query)} queries in one request; this server takes at most {limit}"
             )
-        pairs = split_pairs(request.query, request.prompts)
+        model = engine.loaded_model(model_name)
+        strip = markup_stripper(model.mapping.markup_to_strip).clean
+        with_objectives = combines_outputs(model)
+        pairs = split_pairs(request.query, request.prompts, strip)
         paired = [index for index, pair in enumerate(pairs) if pair is not None]
         whole = [index for index, pair in enumerate(pairs) if pair is None]
         requests = []
         if paired:
             requests.append(
                 ScoreRequest(
-                    prompts=[pairs[i][0] for i in paired], completions=[pairs[i][1] for i in paired]
+                    model=model_name,
+                    prompts=[pairs[i][0] for i in paired],
+                    completions=[pairs[i][1] for i in paired],
+                    return_raw=with_objectives,
                 )
             )
         if whole:
-            requests.append(ScoreRequest(texts=[request.query[i] for i in whole]))
+            requests.append(
+                ScoreRequest(
+                    model=model_name,
+                    texts=[request.query[i] for i in whole],
+                    return_raw=with_objectives,
+                )
+            )
         deadline = request_deadline(http_request)
-        responses = await unless_abandoned(
+        responses: list[ScoreResponse] = await unless_abandoned(
             http_request, asyncio.gather(*(engine.score(r, deadline=deadline) for r in requests))
         )
         rewards = [0.0] * len(request.query)
+        raw: list[list[float]] = [[]] * len(request.query)
         for indices, response in zip([i for i in (paired, whole) if i], responses, strict=True):
-            for index, reward in zip(indices, response.rewards, strict=True):
-                rewards[index] = reward
-        return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs={})
+            for position, index in enumerate(indices):
+                rewards[index] = response.rewards[position]
+                if response.raw is not None:
+                    raw[index] = response.raw[position]
+        extra_logs = objective_logs(model, raw) if with_objectives else {}
+        return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra_logs)
+
+    @router.post("/get_reward", response_model=OpenRLHFResponse)
+    async def get_reward_default(request: OpenRLHFRequest, http_request: Request):
+        """OpenRLHF remote reward: queries scored by the server's first model."""
+        return await get_reward(request, http_request, None)
+
+    # The schema lists the served names (any other answers 404 model_not_found).
+    served_model = Path(
+        description="One of the served models.", json_schema_extra={"enum": list(engine.specs)}
+    )
+
+    @router.post("/get_reward/{model}", response_model=OpenRLHFResponse)
+    async def get_reward_by_model(
+        request: OpenRLHFRequest, http_request: Request, model: str = served_model
+    ):
+        """OpenRLHF remote reward: queries scored by the named model (several reward models in
+        one run: one `--reward.remote_url` each)."""
+        return await get_reward(request, http_request, model)
 
     return router

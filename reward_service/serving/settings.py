@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, FilePath, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, Field, FilePath, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from reward_service.cache import default_cache_dir
 from reward_service.engine.limits import BatchingConfig
 from reward_service.flags import Flag
+from reward_service.model.mapping import RewardMapping
 from reward_service.model.spec import (
     DEFAULT_MODEL_NAME,
     MODEL_NAME_PATTERN,
@@ -19,12 +22,70 @@ from reward_service.model.spec import (
     DType,
     ModelSpec,
 )
+from reward_service.variables import LayerOptions, OptionSettings
+
+# The RewardMapping fields that are options of their own (--scale, REWARD_SERVICE_SCALE), for
+# every model; --output and --normalize have a syntax of their own (LABEL[:WEIGHT], MEAN,STD).
+MAPPING_FIELDS = (
+    "activation",
+    "reduce",
+    "scale",
+    "shift",
+    "input_format",
+    "template",
+    "max_length",
+    "truncation_side",
+)
 
 
-class ServeSettings(BaseSettings):
-    """Everything `reward-service serve` takes; flags override REWARD_SERVICE_* variables."""
+def outputs_from_flags(entries: Sequence[str]) -> list[dict[str, Any]]:
+    """RewardMapping.outputs from --output LABEL[:WEIGHT] entries."""
+    outputs = []
+    for entry in entries:
+        label, _, weight = entry.rpartition(":") if ":" in entry else (entry, "", "")
+        outputs.append({"label": label, "weight": float(weight)} if weight else {"label": entry})
+    return outputs
+
+
+def normalization_from_flag(text: str) -> dict[str, float]:
+    """RewardMapping.normalization from --normalize MEAN,STD."""
+    mean, _, std = text.partition(",")
+    if not std:
+        raise ValueError(f"expected MEAN,STD (e.g. 0.5,2), got {text!r}")
+    return {"mean": float(mean), "std": float(std)}
+
+
+def _outputs_variable(text: str) -> list[dict[str, Any]]:
+    # A repeated flag's variable is a JSON list, as REWARD_SERVICE_MODELS is.
+    example = 'a JSON list of LABEL[:WEIGHT], e.g. ["POSITIVE", "NEGATIVE:-1"]'
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"expected {example}") from None
+    if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+        raise ValueError(f"expected {example}")
+    return outputs_from_flags(entries)
+
+
+def _not_empty(key: SecretStr | None) -> SecretStr | None:
+    # `docker run -e REWARD_SERVICE_API_KEY=$KEY` with KEY unset must not serve an empty key.
+    if key is not None and not key.get_secret_value():
+        raise ValueError("the API key is empty: give one, or leave the option out")
+    return key
+
+
+class ServeSettings(OptionSettings):
+    """Everything `reward-service serve` takes; flags override REWARD_SERVICE_* variables, one
+    per option (grouped ones included: reward_service.variables)."""
 
     model_config = SettingsConfigDict(env_prefix="REWARD_SERVICE_", extra="forbid")
+    # Read elsewhere: the cache folder (cache.py), the default model to build (default_model.py),
+    # and a client's CA file (policy-trainer), which a shell shared with a trainer may hold.
+    other_variables: ClassVar[tuple[str, ...]] = (
+        "REWARD_SERVICE_CACHE",
+        "REWARD_SERVICE_DEFAULT_MODEL",
+        "REWARD_SERVICE_CA_FILE",
+    )
 
     models: Annotated[list[str], Flag("--model", repeat=True, metavar="[NAME=]SOURCE")] = Field(
         default_factory=list,
@@ -51,11 +112,11 @@ class ServeSettings(BaseSettings):
         "its Content-Length until it is in); past it 429 `too_many_bytes_in_flight`, unread. "
         "At least --max-body-bytes.",
     )
-    api_key: SecretStr | None = Field(
+    api_key: Annotated[SecretStr | None, AfterValidator(_not_empty)] = Field(
         None,
-        description="When set, REST requests (but /health/* and /metrics) need it as a bearer "
-        "token, `Authorization: Bearer KEY`, and gRPC reward calls as `authorization` metadata; "
-        "REWARD_SERVICE_API_KEY keeps it out of the process list.",
+        description="When set, REST requests (but /health/*, /v2/health/* and /metrics) need it "
+        "as a bearer token, `Authorization: Bearer KEY`, and gRPC reward calls as "
+        "`authorization` metadata; REWARD_SERVICE_API_KEY keeps it out of the process list.",
     )
     api_key_file: Path | None = Field(
         None,
@@ -145,7 +206,17 @@ class ServeSettings(BaseSettings):
     preset: str | None = Field(
         None, description="sentiment, toxicity, toxicity-any, hate or reward-model."
     )
-    mapping_overrides: dict[str, Any] = Field(
+    mapping_overrides: Annotated[
+        dict[str, Any],
+        LayerOptions(
+            RewardMapping,
+            MAPPING_FIELDS,
+            spelled=(
+                ("outputs", "outputs", _outputs_variable),
+                ("normalize", "normalization", normalization_from_flag),
+            ),
+        ),
+    ] = Field(
         default_factory=dict,
         description="RewardMapping fields that override each model folder's reward_config.json.",
     )

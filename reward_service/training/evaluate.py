@@ -187,7 +187,10 @@ def score_folder(
     from its reward_config.json), for (prompt, completion) inputs."""
     model = load_model(ModelSpec(name="evaluated", source=str(folder), device=device))
     formatted = format_inputs(
-        model.mapping, prompts=[p for p, _ in inputs], completions=[c for _, c in inputs]
+        model.mapping,
+        prompts=[p for p, _ in inputs],
+        completions=[c for _, c in inputs],
+        render_chat=model.render_chat,
     )
     return model.score(formatted, batch_size=batch_size).rewards
 

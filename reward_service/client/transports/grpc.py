@@ -10,7 +10,13 @@ from google.protobuf import json_format
 
 # The server's error classes name the machine-readable types it sends with each error.
 from reward_service import errors as wire
-from reward_service.client.contract import Chunk, ClientConfig, ItemLimitExceeded, Retryable
+from reward_service.client.contract import (
+    Chunk,
+    ClientConfig,
+    ItemLimitExceeded,
+    Retryable,
+    Scores,
+)
 from reward_service.client.errors import (
     BadRequest,
     ModelNotFound,
@@ -146,14 +152,14 @@ class GrpcTransport:
                 self._stubs[url] = (channel, reward_pb2_grpc.RewardServiceStub(channel))
             return self._stubs[url][1]
 
-    def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> list[float]:
+    def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> Scores:
         try:
             response = self._stub(url).Score(
                 score_message(chunk, model), timeout=timeout_s, metadata=self.metadata
             )
         except grpc.RpcError as error:
             raise classify(error, url) from error
-        return list(response.rewards)
+        return Scores(list(response.rewards), response.truncated)
 
     def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
         try:
@@ -187,16 +193,14 @@ class AsyncGrpcTransport:
             self._stubs[url] = (channel, reward_pb2_grpc.RewardServiceStub(channel))
         return self._stubs[url][1]
 
-    async def score(
-        self, url: str, chunk: Chunk, model: str | None, timeout_s: float
-    ) -> list[float]:
+    async def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> Scores:
         try:
             response = await self._stub(url).Score(
                 score_message(chunk, model), timeout=timeout_s, metadata=self.metadata
             )
         except grpc.RpcError as error:
             raise classify(error, url) from error
-        return list(response.rewards)
+        return Scores(list(response.rewards), response.truncated)
 
     async def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
         try:

@@ -11,7 +11,13 @@ import httpx
 
 # The server's error classes name the machine-readable types it sends with each error.
 from reward_service import errors as wire
-from reward_service.client.contract import Chunk, ClientConfig, ItemLimitExceeded, Retryable
+from reward_service.client.contract import (
+    Chunk,
+    ClientConfig,
+    ItemLimitExceeded,
+    Retryable,
+    Scores,
+)
 from reward_service.client.errors import (
     BadRequest,
     ModelNotFound,
@@ -61,14 +67,17 @@ def retry_after_s(value: str | None) -> float | None:
         return None
 
 
-def rewards_from(response: httpx.Response, url: str) -> list[float]:
-    """The rewards of a 200, or the exception that says what to do about any other answer."""
-    rewards = body_of(response, url).get("rewards")
+def scores_from(response: httpx.Response, url: str) -> Scores:
+    """The rewards (and truncated count) of a 200, or the exception that says what to do about
+    any other answer."""
+    body = body_of(response, url)
+    rewards = body.get("rewards")
     if not isinstance(rewards, list) or not all(
         reward is None or isinstance(reward, int | float) for reward in rewards
     ):
         raise _unexpected(response, url, "no list of rewards")
-    return rewards
+    truncated = body.get("truncated", 0)  # a server from before the field answers without it
+    return Scores(rewards, truncated if isinstance(truncated, int) else 0)
 
 
 def models_from(response: httpx.Response, url: str) -> list[dict[str, Any]]:
@@ -176,7 +185,7 @@ class HttpTransport:
             verify=tls_verification(config),
         )
 
-    def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> list[float]:
+    def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> Scores:
         try:
             response = self.client.post(
                 f"{url}/v1/score",
@@ -186,7 +195,7 @@ class HttpTransport:
             )
         except httpx.TransportError as error:
             raise transport_failure(error, url) from error
-        return rewards_from(response, url)
+        return scores_from(response, url)
 
     def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
         try:
@@ -207,9 +216,7 @@ class AsyncHttpTransport:
             verify=tls_verification(config),
         )
 
-    async def score(
-        self, url: str, chunk: Chunk, model: str | None, timeout_s: float
-    ) -> list[float]:
+    async def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> Scores:
         try:
             response = await self.client.post(
                 f"{url}/v1/score",
@@ -219,7 +226,7 @@ class AsyncHttpTransport:
             )
         except httpx.TransportError as error:
             raise transport_failure(error, url) from error
-        return rewards_from(response, url)
+        return scores_from(response, url)
 
     async def list_models(self, url: str, timeout_s: float) -> list[dict[str, Any]]:
         try:
