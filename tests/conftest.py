@@ -59,11 +59,13 @@ def tiny_causal_lm_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable
     return factory
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., RunningServer]]:
-    """Starts servers that live until the end of the test session."""
+    """Starts servers that live until the end of the test module. Not the session: each server
+    holds about 450 MB, and the suite starts about fifty; kept all at once they filled the 24 GB
+    of the project's machines and the kernel killed pytest."""
     servers: list[RunningServer] = []
     log_dir = tmp_path_factory.mktemp("servers")
 
