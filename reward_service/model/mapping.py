@@ -356,7 +356,7 @@ class ResolvedMapping:
         """What a reward combining several outputs is made of: each selected output's activated
         value, by label name (before its weight, the reduce and the scale), shape (N,) each."""
         labels = _labels_in_index_order(id2label)
-        activated = _ACTIVATIONS[self.activation](np.asarray(logits, dtype=np.float64))
+        activated = activate(np.asarray(logits, dtype=np.float64), self.activation)
         return {labels[index]: activated[:, index] for index in dict.fromkeys(self.indices)}
 
 

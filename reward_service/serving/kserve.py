@@ -24,7 +24,6 @@ import math
 import struct
 import time
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +37,7 @@ from reward_service.engine.schemas import ScoreRequest
 from reward_service.errors import describe_validation_errors
 from reward_service.serving.abandonment import request_deadline, unless_abandoned
 from reward_service.serving.http_errors import ERROR_STATUS
+from reward_service.serving.version import server_version
 
 TEXTS, PROMPTS, COMPLETIONS = "texts", "prompts", "completions"
 REWARDS, LOGITS = "rewards", "logits"
@@ -336,13 +336,6 @@ def encode_response(
         media_type="application/octet-stream",
         headers={HEADER_LENGTH: str(len(header))},
     )
-
-
-def server_version() -> str:
-    try:
-        return version("rlhf-reward-service")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

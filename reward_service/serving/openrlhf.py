@@ -11,7 +11,6 @@ send the URL's userinfo as Basic credentials, which the key check accepts (servi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +19,9 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from reward_service.engine.engine import Engine
-from reward_service.engine.schemas import ScoreRequest, ScoreResponse
-from reward_service.errors import TooManyItems
 from reward_service.model.loading import LoadedModel
 from reward_service.model.markup import markup_stripper
-from reward_service.serving.abandonment import request_deadline, unless_abandoned
+from reward_service.serving.mixed_items import score_items
 
 
 class OpenRLHFRequest(BaseModel):
@@ -83,48 +80,20 @@ def create_router(engine: Engine) -> APIRouter:
     async def get_reward(
         request: OpenRLHFRequest, http_request: Request, model_name: str | None
     ) -> OpenRLHFResponse:
-        limit = engine.batching.max_items_per_request
-        if len(request.query) > limit:  # checked here too: a mixed query is two engine requests
-            raise TooManyItems(
-                f"{len(request.query)} queries in one request; this server takes at most {limit}"
-            )
         model = engine.loaded_model(model_name)
         strip = markup_stripper(model.mapping.markup_to_strip).clean
         with_objectives = combines_outputs(model)
         pairs = split_pairs(request.query, request.prompts, strip)
-        paired = [index for index, pair in enumerate(pairs) if pair is not None]
-        whole = [index for index, pair in enumerate(pairs) if pair is None]
-        requests = []
-        if paired:
-            requests.append(
-                ScoreRequest(
-                    model=model_name,
-                    prompts=[pairs[i][0] for i in paired],
-                    completions=[pairs[i][1] for i in paired],
-                    return_raw=with_objectives,
-                )
-            )
-        if whole:
-            requests.append(
-                ScoreRequest(
-                    model=model_name,
-                    texts=[request.query[i] for i in whole],
-                    return_raw=with_objectives,
-                )
-            )
-        deadline = request_deadline(http_request)
-        responses: list[ScoreResponse] = await unless_abandoned(
-            http_request, asyncio.gather(*(engine.score(r, deadline=deadline) for r in requests))
+        items = [
+            text if pair is None else pair for text, pair in zip(request.query, pairs, strict=True)
+        ]
+        scored = await score_items(
+            engine, items, http_request, model=model_name, return_raw=with_objectives
         )
-        rewards = [0.0] * len(request.query)
-        raw: list[list[float]] = [[]] * len(request.query)
-        for indices, response in zip([i for i in (paired, whole) if i], responses, strict=True):
-            for position, index in enumerate(indices):
-                rewards[index] = response.rewards[position]
-                if response.raw is not None:
-                    raw[index] = response.raw[position]
-        extra_logs = objective_logs(model, raw) if with_objectives else {}
-        return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra_logs)
+        extra_logs = objective_logs(model, scored.raw) if with_objectives else {}
+        return OpenRLHFResponse(
+            rewards=scored.rewards, scores=scored.rewards, extra_logs=extra_logs
+        )
 
     @router.post("/get_reward", response_model=OpenRLHFResponse)
     async def get_reward_default(request: OpenRLHFRequest, http_request: Request):

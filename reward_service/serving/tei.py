@@ -18,10 +18,7 @@ Errors keep the service's own format (`{"error": {"type", "message"}}`, serving/
 
 from __future__ import annotations
 
-import asyncio
 import math
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -30,18 +27,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from reward_service import errors
-from reward_service.engine.engine import (
-    TOKENIZATION_THREADS,
-    Engine,
-    check_item_characters,
-    check_item_count,
-)
-from reward_service.engine.schemas import ErrorResponse, ScoreRequest
+from reward_service.engine.engine import TOKENIZATION_THREADS, Engine
+from reward_service.engine.schemas import ErrorResponse
 from reward_service.model.inputs import TokenizerInput
 from reward_service.model.loading import LoadedModel
 from reward_service.model.mapping import Activation, activate
-from reward_service.serving.abandonment import request_deadline, unless_abandoned
 from reward_service.serving.http_errors import error_response
+from reward_service.serving.mixed_items import score_items
+from reward_service.serving.version import server_version
 
 # TEI's spellings (its serde aliases): either case.
 TruncationDirection = Literal["right", "left", "Right", "Left"]
@@ -197,57 +190,6 @@ def ranked_predictions(labels: list[str], scores: np.ndarray) -> list[Prediction
     return [Prediction(score=scores[index], label=labels[index]) for index in reversed(ascending)]
 
 
-def server_version() -> str:
-    try:
-        return version("rlhf-reward-service")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
-
-
-@dataclass
-class Scored:
-    rewards: list[float]
-    raw: list[list[float]]
-    truncated: int
-
-
-async def score_sequences(
-    engine: Engine, items: list[TokenizerInput], http_request: Request, *, return_raw: bool
-) -> Scored:
-    """Rewards (and raw logits) of texts and pairs, in order, by the server's first model. A
-    batch mixing both is two engine requests, checked against the limits as the one sent."""
-    texts = [index for index, item in enumerate(items) if isinstance(item, str)]
-    pairs = [index for index, item in enumerate(items) if not isinstance(item, str)]
-    if texts and pairs:
-        check_item_count(len(items), engine.batching)
-        check_item_characters(items, engine.batching)
-    groups, requests = [], []
-    if texts:
-        groups.append(texts)
-        requests.append(ScoreRequest(texts=[items[i] for i in texts], return_raw=return_raw))
-    if pairs:
-        groups.append(pairs)
-        requests.append(
-            ScoreRequest(
-                prompts=[items[i][0] for i in pairs],
-                completions=[items[i][1] for i in pairs],
-                return_raw=return_raw,
-            )
-        )
-    deadline = request_deadline(http_request)
-    responses = await unless_abandoned(
-        http_request, asyncio.gather(*(engine.score(r, deadline=deadline) for r in requests))
-    )
-    rewards: list[float] = [0.0] * len(items)
-    raw: list[list[float]] = [[] for _ in items]
-    for indices, response in zip(groups, responses, strict=True):
-        for position, index in enumerate(indices):
-            rewards[index] = response.rewards[position]
-            if response.raw is not None:
-                raw[index] = response.raw[position]
-    return Scored(rewards, raw, sum(response.truncated for response in responses))
-
-
 def check_truncation(
     truncated: int, truncate: bool | None, direction: TruncationDirection, model: LoadedModel
 ) -> None:
@@ -292,7 +234,7 @@ def create_router(engine: Engine) -> APIRouter:
 
     async def predict(body: PredictRequest, http_request: Request) -> list | list[list]:
         model = engine.loaded_model(None)
-        scored = await score_sequences(engine, body.sequences(), http_request, return_raw=True)
+        scored = await score_items(engine, body.sequences(), http_request, return_raw=True)
         check_truncation(scored.truncated, body.truncate, body.truncation_direction, model)
         predictions = label_scores(model, scored.raw, body.raw_scores)
         return predictions if body.is_batch else predictions[0]
@@ -316,7 +258,7 @@ def create_router(engine: Engine) -> APIRouter:
         """TEI's rerank over a prompt and its completions: the reward of each, highest first."""
         model = engine.loaded_model(None)
         items: list[TokenizerInput] = [(body.query, text) for text in body.texts]
-        scored = await score_sequences(engine, items, http_request, return_raw=False)
+        scored = await score_items(engine, items, http_request)
         check_truncation(scored.truncated, body.truncate, body.truncation_direction, model)
         ranks = [
             Rank(index=index, score=reward, text=body.texts[index] if body.return_text else None)
