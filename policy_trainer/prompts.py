@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policy_trainer.data_files import read_rows
 from reward_service.client import messages_to_text
+from reward_service.data_files import hub_dataset, read_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -48,8 +48,8 @@ class EncodedPrompt:
 def read_prompts(path: Path) -> list[PromptRecord]:
     """The prompts of a JSONL file (`.jsonl`, or any file whose first line is a JSON object), a
     Parquet file or JSON array (`.parquet`, `.json`, read with `datasets`), or a plain-text file
-    (one prompt a non-empty line)."""
-    if path.suffix.lower() not in (".jsonl", ".json", ".parquet"):
+    (one prompt a non-empty line); or a Hugging Face Hub dataset id where a network exists."""
+    if hub_dataset(path) is None and path.suffix.lower() not in (".jsonl", ".json", ".parquet"):
         lines = path.read_text(encoding="utf-8").splitlines()
         first = next((line.strip() for line in lines if line.strip()), "")
         if not first.startswith("{"):

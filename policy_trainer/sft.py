@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from policy_trainer.config import SFTOptions
-from policy_trainer.data_files import read_rows
 from policy_trainer.lora import apply_lora, merge_lora
 from policy_trainer.models import load_policy
+from reward_service.data_files import read_rows
 from reward_service.errors import describe_validation_errors
 
 if TYPE_CHECKING:
@@ -100,13 +100,10 @@ class SFTResult:
 
 
 def read_demonstrations(path: Path | str) -> list[Demonstration]:
-    """Every demonstration in a JSONL file (blank lines skipped), or a Parquet file or JSON
-    array of them (read with `datasets`)."""
+    """Every demonstration in a JSONL file (blank lines skipped), or a Parquet file, JSON array
+    or Hugging Face Hub dataset of them (read with `datasets`)."""
     path = Path(path)
-    try:
-        rows = list(read_rows(path, SFTDataError))
-    except OSError as error:
-        raise SFTDataError(f"cannot read {path}: {error}") from None
+    rows = list(read_rows(path, SFTDataError))
     demonstrations: list[Demonstration] = []
     for where, content in rows:
         kind = Conversation if isinstance(content, dict) and "messages" in content else None

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +142,129 @@ def test_written_records_read_back_the_same(tmp_path):
     scored = [Scored("", "t", 1.5, (1.0, 2.0))]
     write_records(path, scored)
     assert read_records(path).records == scored
+
+
+# TRL's formats (https://huggingface.co/docs/trl/dataset_formats): conversational preference
+# data, JSON arrays and Parquet files, and Hub ids.
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def test_a_conversational_pair_with_an_explicit_prompt_reads_as_its_contents(tmp_path):
+    record = {
+        "prompt": [{"role": "system", "content": "Be kind."}, user("Review the film.")],
+        "chosen": [assistant("A warm, funny film.")],
+        "rejected": [assistant("Awful.")],
+        "margin": 0.5,
+    }
+    assert read_records(jsonl(tmp_path, record)).records == [
+        Pair("Be kind.\nReview the film.", "A warm, funny film.", "Awful.", 0.5)
+    ]
+
+
+def test_a_conversational_pair_without_a_prompt_takes_the_shared_messages_as_its_prompt(
+    tmp_path,
+):
+    # As in trl-lib/ultrafeedback_binarized: each side is the whole conversation.
+    shared = [user("Hi"), assistant("Hello."), user("Review the film.")]
+    record = {
+        "chosen": [*shared, assistant("Warm and funny.")],
+        "rejected": [*shared, assistant("Awful."), user("Why?"), assistant("It is.")],
+    }
+    assert read_records(jsonl(tmp_path, record)).records == [
+        Pair("Hi\nHello.\nReview the film.", "Warm and funny.", "Awful.\nWhy?\nIt is.")
+    ]
+
+
+def test_conversational_labels_and_scores_read_prompt_and_completion_as_text(tmp_path):
+    # TRL's unpaired preference format: a boolean label.
+    path = jsonl(
+        tmp_path,
+        {"prompt": [user("Review it.")], "completion": [assistant("Fine.")], "label": True},
+    )
+    assert read_records(path).records == [Labelled("Review it.", "Fine.", 1)]
+
+
+def test_bad_conversations_name_their_line_and_field(tmp_path):
+    same = [user("p"), assistant("a")]
+    with pytest.raises(DataError, match=r":1 .*one holds nothing but the prompt"):
+        read_records(jsonl(tmp_path, {"chosen": same, "rejected": same}))
+    with pytest.raises(DataError, match=r":1 .*'rejected' must be a string or a list of"):
+        read_records(jsonl(tmp_path, {"chosen": same, "rejected": [{"role": "user"}]}))
+    with pytest.raises(DataError, match=r":2 .*'prompt' must be a string or a list of"):
+        read_records(
+            jsonl(
+                tmp_path,
+                {"prompt": "p", "chosen": "a", "rejected": "b"},
+                {"prompt": [{"content": 3}], "chosen": [assistant("a")], "rejected": []},
+            )
+        )
+
+
+def test_json_arrays_and_parquet_files_read_like_json_lines(tmp_path):
+    import pandas
+
+    rows = [
+        {"prompt": [user("p")], "chosen": [assistant("a")], "rejected": [assistant("b")]},
+        {"prompt": [user("q")], "chosen": [assistant("c")], "rejected": [assistant("d")]},
+    ]
+    expected = [Pair("p", "a", "b"), Pair("q", "c", "d")]
+    array = tmp_path / "pairs.json"
+    array.write_text(json.dumps(rows))
+    assert read_records(array).records == expected
+    parquet = tmp_path / "pairs.parquet"
+    pandas.DataFrame(rows).to_parquet(parquet)
+    assert read_records(parquet).records == expected
+    unfinished = {**rows[1], "rejected": [{"role": "assistant", "content": None}]}
+    pandas.DataFrame([rows[0], unfinished]).to_parquet(parquet)
+    with pytest.raises(
+        DataError, match=r"pairs.parquet row 2 \(pairs format, detected from row 1\): 'rejected'"
+    ):
+        read_records(parquet)
+
+
+def test_a_hub_dataset_id_offline_fails_saying_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        DataError,
+        match=r"'trl-lib/ultrafeedback_binarized' is not a local file.*"
+        r"offline mode is on \(HF_HUB_OFFLINE=1\)",
+    ):
+        read_records("trl-lib/ultrafeedback_binarized")
+
+
+def test_a_hub_dataset_id_that_cannot_be_fetched_fails_saying_why(tmp_path):
+    # Online mode against an endpoint that refuses the connection at once; in a fresh process,
+    # as the Hub client reads its endpoint when imported. The error names the id and split and
+    # says what to do without a network.
+    script = (
+        "from reward_service.training.data import read_records\n"
+        "from reward_service.errors import DataError\n"
+        "try:\n"
+        "    read_records('someone/prefs:test')\n"
+        "except DataError as error:\n"
+        "    print(error)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert re.search(
+        r"'someone/prefs' is not a local file, and loading split 'test' of it from the Hugging "
+        r"Face Hub failed \(.+\); on a machine without a network set HF_HUB_OFFLINE=1",
+        result.stdout,
+    ), result.stdout + result.stderr

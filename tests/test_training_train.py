@@ -200,3 +200,43 @@ def test_the_evaluate_command_prints_the_table_with_the_lexicon_and_human_rows(
     table = capsys.readouterr().out
     assert "| tiny " in table and "VADER lexicon" in table and "one human vs mean" in table
     assert "3 items, 3 pairs whose human scores differ by >= 1" in table
+
+
+def test_trls_conversational_pairs_in_parquet_train_exactly_as_the_same_pairs_in_json_lines(
+    tiny_base, data, tmp_path
+):
+    """TRL's preference data (https://huggingface.co/docs/trl/dataset_formats), implicit prompt,
+    in a Parquet file, trains the same model as our own pairs file of the same texts."""
+    import pandas
+
+    from reward_service.training.data import Pair, read_records
+    from reward_service.training.rules import pairs_from
+
+    pairs = [
+        Pair(f"Review film {number}.", pair.chosen, pair.rejected)
+        for number, pair in enumerate(pairs_from(read_records(data["train.rankings"]).records))
+    ]
+    ours = tmp_path / "pairs.jsonl"
+    write_records(ours, pairs)
+    trls = tmp_path / "pairs.parquet"
+    pandas.DataFrame(
+        {
+            "chosen": [
+                [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.chosen}]
+                for p in pairs
+            ],
+            "rejected": [
+                [
+                    {"role": "user", "content": p.prompt},
+                    {"role": "assistant", "content": p.rejected},
+                ]
+                for p in pairs
+            ],
+        }
+    ).to_parquet(trls)
+
+    config = tiny_config("pairwise", tiny_base, epochs=1)
+    from_ours = train(ours, tmp_path / "a", config, eval_file=data["validation.rankings"])
+    from_trls = train(trls, tmp_path / "b", config, eval_file=data["validation.rankings"])
+    assert read_records(trls).records == pairs
+    assert from_trls.epochs == from_ours.epochs

@@ -1,4 +1,5 @@
-"""Reading human-feedback JSONL files: one record per line, in one of four formats.
+"""Reading human-feedback data: one record per JSON line (or per row of a JSON array, a Parquet
+file or a Hugging Face Hub dataset, read with `datasets`), in one of four formats.
 
 ==========  ===========================================================================  =========
 format      one line                                                                     detected by
@@ -17,6 +18,10 @@ competition form, which is what a :class:`Ranking` always holds. A pairs line's 
 and, where a file has margins, trained on (see ``training.train``). ``prompt`` is optional
 everywhere (empty when absent). Other fields are ignored: the rater, criterion, confidence, ties,
 time_spent_ms, flags, comment and item_id that `reward-service feedback export` writes, for one.
+TRL's conversational form is read too: ``prompt``, ``chosen``, ``rejected`` and ``completion``
+may be lists of ``{"role", "content"}`` messages, and a pairs record without ``prompt`` takes the
+messages its two sides share as the prompt (as TRL's ``extract_prompt`` does); each becomes its
+messages' contents, one per line.
 The format is detected from the first record (or named by the caller) and every line must then
 follow it; any problem is a :class:`DataError` naming the file and line.
 """
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from reward_service.data_files import read_rows
 from reward_service.errors import DataError
 
 Format = Literal["rankings", "pairs", "labels", "scores"]
@@ -96,19 +102,23 @@ class RecordFile:
 
 
 def read_records(path: Path | str, format: Format | None = None) -> RecordFile:
-    """Every record of a JSONL file; ``format`` None detects it from the first record."""
+    """Every record of a data file: JSON Lines, a JSON array or Parquet file, or a Hugging Face
+    Hub dataset id where a network exists (see ``reward_service.data_files``); ``format`` None
+    detects it from the first record."""
+    source = path
     path = Path(path)
     if format is not None and format not in FORMATS:
         raise DataError(f"unknown data format {format!r}; known: {', '.join(FORMATS)}")
     records: list[Record] = []
-    detected_on = 0
-    for line_number, content in json_lines(path):
+    detected_on = ""
+    for where, content in read_rows(source, DataError):
+        if not isinstance(content, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(content).__name__}")
         if format is None:
-            format = detect_format(content, where=f"{path}:{line_number}")
-            detected_on = line_number
-        where = f"{path}:{line_number}"
+            format = detect_format(content, where=where)
+            detected_on = _position(where)
         if detected_on:
-            where += f" ({format} format, detected from line {detected_on})"
+            where += f" ({format} format, detected from {detected_on})"
         records.append(parse_record(content, format, where=where))
     if not records:
         raise DataError(
@@ -116,6 +126,12 @@ def read_records(path: Path | str, format: Format | None = None) -> RecordFile:
             f"in one of the formats {', '.join(FORMATS)}"
         )
     return RecordFile(path, format, records)
+
+
+def _position(where: str) -> str:
+    """ "line 3" from read_rows' "FILE:3" (JSON Lines), "row 3" from its "FILE row 3"."""
+    line = where.rpartition(":")[2]
+    return f"line {line}" if line.isdigit() else f"row {where.rpartition(' row ')[2]}"
 
 
 def detect_format(content: dict[str, Any], *, where: str) -> Format:
@@ -130,18 +146,19 @@ def detect_format(content: dict[str, Any], *, where: str) -> Format:
 
 
 def parse_record(content: dict[str, Any], format: Format, *, where: str) -> Record:
+    if format == "pairs" and _is_conversation(content.get("chosen")):
+        return _conversational_pair(content, where)
     prompt = _optional_text(content, "prompt", where)
     if format == "rankings":
         completions = _text_list(content, "completions", where)
         ranks = _competition_ranks(completions, _rank_list(content, "ranking", where), where)
         return Ranking(prompt, tuple(completions), tuple(ranks))
     if format == "pairs":
-        margin = content.get("margin")
         return Pair(
             prompt,
             text_field(content, "chosen", where),
             text_field(content, "rejected", where),
-            None if margin is None else finite_number(margin, "margin", where),
+            _margin(content, where),
         )
     completion = _completion(content, where)
     if format == "labels":
@@ -199,15 +216,77 @@ def text_field(content: dict[str, Any], name: str, where: str) -> str:
 
 
 def _optional_text(content: dict[str, Any], name: str, where: str) -> str:
-    return text_field(content, name, where) if content.get(name) is not None else ""
+    """A string field, or a conversation (TRL's conversational format) as its text; "" if
+    absent."""
+    value = content.get(name)
+    if value is None:
+        return ""
+    if _is_conversation(value):
+        return conversation_text(_messages(value, name, where))
+    return text_field(content, name, where)
 
 
 def _completion(content: dict[str, Any], where: str) -> str:
     if "text" in content:
         return text_field(content, "text", where)
     if "completion" in content:
-        return text_field(content, "completion", where)
+        return _optional_text(content, "completion", where)
     raise DataError(f"{where}: missing field 'text' (or 'completion')")
+
+
+def _margin(content: dict[str, Any], where: str) -> float | None:
+    margin = content.get("margin")
+    return None if margin is None else finite_number(margin, "margin", where)
+
+
+# TRL's conversational preference data: `chosen` and `rejected` are lists of messages, with the
+# prompt either explicit (`prompt`, a list of messages) or implicit (the messages `chosen` and
+# `rejected` share, as in trl-lib/ultrafeedback_binarized). A BERT-class reward model reads plain
+# text, so each side becomes its messages' contents, one per line, roles left out: the same text
+# the service's markup stripping makes of a chat policy's query (model.markup), so a model is
+# trained on what it is later sent.
+def _is_conversation(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def _messages(value: Any, name: str, where: str) -> list[dict[str, str]]:
+    if not _is_conversation(value) or not all(
+        isinstance(message.get("role"), str) and isinstance(message.get("content"), str)
+        for message in value
+    ):
+        raise DataError(
+            f"{where}: '{name}' must be a string or a list of "
+            '{"role": ..., "content": ...} messages with string contents'
+        )
+    return [{"role": message["role"], "content": message["content"]} for message in value]
+
+
+def conversation_text(messages: list[dict[str, str]]) -> str:
+    """A conversation as the plain text a reward model reads: each message's content, one a line."""
+    return "\n".join(message["content"].strip() for message in messages)
+
+
+def _conversational_pair(content: dict[str, Any], where: str) -> Pair:
+    chosen = _messages(content.get("chosen"), "chosen", where)
+    rejected = _messages(content.get("rejected"), "rejected", where)
+    if content.get("prompt") is not None:
+        prompt = _messages(content["prompt"], "prompt", where)
+    else:  # implicit prompt: the messages both sides begin with (TRL's extract_prompt)
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if not chosen or not rejected:
+        raise DataError(
+            f"{where}: conversational 'chosen' and 'rejected' must each end in at least one "
+            "message of their own after the prompt; here one holds nothing but the prompt"
+        )
+    return Pair(
+        conversation_text(prompt),
+        conversation_text(chosen),
+        conversation_text(rejected),
+        _margin(content, where),
+    )
 
 
 def _text_list(content: dict[str, Any], name: str, where: str) -> list[str]:
