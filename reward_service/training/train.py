@@ -35,7 +35,7 @@ import numpy as np
 from reward_service.model.inputs import format_inputs
 from reward_service.model.mapping import REWARD_CONFIG_FILENAME, RewardMapping, resolve
 from reward_service.model.tokenization import TextEncoder
-from reward_service.training.base_encoder import minilm_folder
+from reward_service.training.base_encoder import base_folder
 from reward_service.training.config import Objective, TrainConfig
 from reward_service.training.data import Record, Scored, read_records
 from reward_service.training.evaluate import held_out_set, score_folder
@@ -101,7 +101,7 @@ def train(
     transformers_logging.set_verbosity_error()  # the new head's "newly initialized" report
     started = time.monotonic()
     set_seed(config.seed)
-    base = config.base or minilm_folder()
+    base = base_folder(config.base)
     training = read_records(train_file, config.data_format)
     train_records, eval_records = _train_and_held_out(training.records, eval_file, config)
     held_out = held_out_set(eval_records, config.min_score_gap)
