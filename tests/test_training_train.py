@@ -201,6 +201,41 @@ def test_the_evaluate_command_prints_the_table_with_the_lexicon_and_human_rows(
     assert "| tiny " in table and "VADER lexicon" in table and "one human vs mean" in table
     assert "3 items, 3 pairs whose human scores differ by >= 1" in table
 
+    # --data repeated: one table per file, each under its file's name.
+    two = tmp_path / "two.jsonl"
+    two.write_text("".join(json.dumps(line) + "\n" for line in lines[:2]))
+    args = build_parser().parse_args(
+        ["evaluate", "--model", f"tiny={out}", "--data", str(rated), "--data", str(two)]
+    )
+    assert run_training_command(args) == 0
+    tables = capsys.readouterr().out.split("## ")[1:]
+    assert [table.splitlines()[0] for table in tables] == [str(rated), str(two)]
+    assert "3 items, 3 pairs" in tables[0] and "2 items, 1 pairs" in tables[1]
+
+
+def test_vader_model_builds_the_default_recipe_on_another_base_with_out_of_domain_figures(
+    tiny_base, tmp_path, capsys
+):
+    """`reward-service vader-model OUT --base FOLDER`: the default recipe on the VADER movie
+    snippets, evaluated on their test split and on the Amazon and NYT snippets, which it never
+    trains on."""
+    out = tmp_path / "vader-tiny"
+    args = build_parser().parse_args(
+        ["vader-model", str(out), "--base", str(tiny_base), "--epochs", "1", "--max-length", "32"]
+    )
+    assert run_training_command(args) == 0
+    printed = capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    for section in ("Amazon review snippets", "New York Times editorial snippets"):
+        assert f"Out of domain: the VADER study's {section}" in printed
+        assert f"Out of domain: the VADER study's {section}" in card
+    assert "1,005 items" in printed  # the movie test split
+    assert "3,708 items" in printed and "5,190 items" in printed
+    assert printed.count("one human vs mean of the rest") == 3
+    config = json.loads((out / "reward_config.json").read_text())
+    assert "test: pairwise accuracy" in config["description"]
+    assert "tiny-base" in config["description"]
+
 
 def test_trls_conversational_pairs_in_parquet_train_exactly_as_the_same_pairs_in_json_lines(
     tiny_base, data, tmp_path

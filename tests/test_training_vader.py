@@ -19,7 +19,7 @@ def test_every_movie_snippet_is_read_with_its_mean_and_at_least_15_raters(snippe
     assert len(snippets) == 10_605
     assert all(len(snippet.ratings) >= 15 for snippet in snippets)
     first = snippets[0]
-    assert first.id == 1 and first.text.startswith("The Rock is destined")
+    assert first.id == "1" and first.text.startswith("The Rock is destined")
     assert first.mean == pytest.approx(sum(first.ratings) / len(first.ratings), abs=1e-6)
 
 
@@ -54,3 +54,12 @@ def test_written_files_keep_the_splits_apart_and_rank_by_the_raters_mean(tmp_pat
             (means[c] for c in best_first), reverse=True
         )
     assert len(read_records(files["train.pairs"]).records) == 6 * 2134 + 1  # K=4: 6 pairs each
+    # The out-of-domain test files: the study's whole Amazon and NYT corpora, each rater kept
+    # (20 per snippet), and no text of theirs in any movie split.
+    movie_texts = texts["train"] | texts["validation"] | texts["test"]
+    for corpus, size in (("amazon", 3708), ("nyt", 5190)):
+        records = read_records(files[f"{corpus}.scores"]).records
+        assert len(records) == size
+        assert min(len(record.ratings) for record in records) == 20
+        assert all(-4 <= record.score <= 4 for record in records)
+        assert not {record.completion for record in records} & movie_texts

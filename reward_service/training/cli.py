@@ -79,14 +79,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     for entry in settings.models:
         name, _, folder = entry.partition("=") if "=" in entry else (Path(entry).name, "", entry)
         models[name] = Path(folder)
-    rows, held_out = evaluate_file(
-        models,
-        settings.data,
-        min_score_gap=settings.min_score_gap,
-        baselines=settings.baselines,
-        device=settings.device,
-    )
-    print(format_table(rows, held_out, settings.min_score_gap))
+    for number, data in enumerate(settings.data):
+        rows, held_out = evaluate_file(
+            models,
+            data,
+            min_score_gap=settings.min_score_gap,
+            baselines=settings.baselines,
+            device=settings.device,
+        )
+        heading = f"## {data}\n\n" if len(settings.data) > 1 else ""
+        print(
+            ("\n" if number else "")
+            + heading
+            + format_table(rows, held_out, settings.min_score_gap)
+        )
     return 0
 
 

@@ -78,14 +78,17 @@ class TrainFiles(BaseModel):
 
 
 class EvaluateSettings(BaseModel):
-    """`reward-service evaluate`: model folders scored on one held-out file, beside baselines."""
+    """`reward-service evaluate`: model folders scored on held-out files, beside baselines."""
 
     model_config = ConfigDict(extra="forbid", title="evaluation settings")
 
     models: Annotated[list[str], Flag("--model", repeat=True, metavar="[NAME=]FOLDER")] = Field(
         description="A model folder; repeat to compare."
     )
-    data: Path = Field(description="Held-out file (JSON Lines).")
+    data: Annotated[list[Path], Flag("--data", repeat=True, metavar="FILE")] = Field(
+        description="A held-out file; repeat for several (one table each), e.g. vader-data's "
+        "test, amazon and nyt files."
+    )
     min_score_gap: float = Field(
         DEFAULT_MIN_SCORE_GAP,
         description="Scores files: pairs whose human scores differ by this much.",

