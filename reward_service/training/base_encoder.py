@@ -30,9 +30,13 @@ MPNET_INSTALL = (
 _NOT_NEEDED = ("desktop.ini",)
 
 
+def is_default_base(base: Path | str | None) -> bool:
+    return base is None or str(base) == "minilm"
+
+
 def base_folder(base: Path | str | None) -> Path:
     """The encoder folder `--base` names: ``minilm``, ``mpnet`` or a local folder."""
-    if base is None or str(base) == "minilm":
+    if is_default_base(base):
         return minilm_folder()
     if str(base) == "mpnet" and not Path(base).exists():
         return mpnet_folder()

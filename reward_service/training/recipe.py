@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from reward_service.training import vader
+from reward_service.training.base_encoder import is_default_base
 from reward_service.training.config import Objective, TrainConfig
 from reward_service.training.evaluate import evaluate_file, format_table
 from reward_service.training.model_card import (
@@ -32,10 +33,6 @@ DEFAULT_CONFIG = TrainConfig(
     dropout=0.0,
     patience=2,
 )
-OUT_OF_DOMAIN_NAMES = {
-    "amazon": "the VADER study's Amazon review snippets (never trained on)",
-    "nyt": "the VADER study's New York Times editorial snippets (never trained on)",
-}
 # Which training file each objective reads.
 TRAIN_FILES = {
     "binary": "train.rankings",
@@ -102,12 +99,12 @@ def build_vader_model(
         )
     write_reward_config(out, config, result, description)
     table += "".join(
-        f"\n\n### Out of domain: {OUT_OF_DOMAIN_NAMES[corpus]}\n\n{corpus_table}"
+        f"\n\n### Out of domain: {vader.OUT_OF_DOMAIN[corpus]}\n\n{corpus_table}"
         for corpus, corpus_table in out_of_domain.items()
     )
     test_section = f"\n## Held-out test split\n\n{split}\n\n{table}\n"
     # The notes are the default recipe's measurements, made on MiniLM-L6.
-    notes = VADER_RECIPE_NOTES if str(config.base or "minilm") == "minilm" else ""
+    notes = VADER_RECIPE_NOTES if is_default_base(config.base) else ""
     write_model_card(out, config, result, data, extra=test_section + notes)
     return result, table
 

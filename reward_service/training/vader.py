@@ -41,7 +41,10 @@ DEFAULT_SEED = 0
 
 @dataclass(frozen=True)
 class Snippet:
-    """One movie-review snippet: its text, the raters' mean and each rater's score (-4..+4)."""
+    """One snippet of the study: its text, the raters' mean and each rater's score (-4..+4)."""
+
+    def scored(self) -> Scored:
+        return Scored("", self.text, self.mean, self.ratings)
 
     id: str
     text: str
@@ -66,7 +69,11 @@ CORPUS_FILES = {
     "amazon": "amazonReviewSnippets",
     "nyt": "nytEditorialSnippets",
 }
-OUT_OF_DOMAIN = ("amazon", "nyt")  # test files only: no recipe trains on them
+# The out-of-domain test corpora, by what a table calls them: no recipe trains on them.
+OUT_OF_DOMAIN = {
+    "amazon": "the VADER study's Amazon review snippets (never trained on)",
+    "nyt": "the VADER study's New York Times editorial snippets (never trained on)",
+}
 
 
 def read_movie_snippets(folder: Path | None = None) -> list[Snippet]:
@@ -110,7 +117,7 @@ def split_of(snippet_id: int | str) -> Split:
 def split_snippets(snippets: list[Snippet]) -> dict[Split, list[Scored]]:
     splits: dict[Split, list[Scored]] = {split: [] for split in SPLITS}
     for snippet in snippets:
-        splits[split_of(snippet.id)].append(Scored("", snippet.text, snippet.mean, snippet.ratings))
+        splits[split_of(snippet.id)].append(snippet.scored())
     return splits
 
 
@@ -132,11 +139,5 @@ def write_vader_data(
         write_records(files[f"{split}.pairs"], [p for r in rankings for p in ranking_to_pairs(r)])
     for corpus in OUT_OF_DOMAIN:
         files[f"{corpus}.scores"] = out / f"{corpus}.scores.jsonl"
-        write_records(
-            files[f"{corpus}.scores"],
-            [
-                Scored("", snippet.text, snippet.mean, snippet.ratings)
-                for snippet in read_snippets(corpus)
-            ],
-        )
+        write_records(files[f"{corpus}.scores"], [s.scored() for s in read_snippets(corpus)])
     return files
