@@ -1,7 +1,7 @@
 # The reward service: REST on 8000 and gRPC on 50051, CPU PyTorch, as a non-root user.
 #
 #   docker build -t reward-service .                                   # serve a mounted model
-#   docker build --build-arg DEFAULT_MODEL=trained -t reward-service .  # bake the default in (~10 min)
+#   docker build --build-arg DEFAULT_MODEL=trained -t reward-service .  # bake the default in (~13 min)
 #
 # Configuration: REWARD_SERVICE_* variables (every `reward-service serve` option has one) or flags
 # after the image name. See README.md, "Running in production".

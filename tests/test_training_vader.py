@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
+from reward_service.errors import DataError
 from reward_service.training.data import read_records
 from reward_service.training.vader import read_movie_snippets, split_of, write_vader_data
 
@@ -63,3 +65,49 @@ def test_written_files_keep_the_splits_apart_and_rank_by_the_raters_mean(tmp_pat
         assert min(len(record.ratings) for record in records) == 20
         assert all(-4 <= record.score <= 4 for record in records)
         assert not {record.completion for record in records} & movie_texts
+
+
+def test_unlabelled_texts_for_distillation_never_include_a_rated_snippets_text():
+    """The tweets' and movie dialogues' texts a teacher scores: the test and out-of-domain
+    snippets stay out of every training run, texts included (the dialogues repeat over a
+    thousand of the rated texts word for word)."""
+    from reward_service.training.vader import (
+        CORPUS_FILES,
+        MIN_UNLABELLED_WORDS,
+        read_snippets,
+        read_unlabelled_texts,
+    )
+
+    texts = read_unlabelled_texts()
+    rated = {s.text.strip().lower() for corpus in CORPUS_FILES for s in read_snippets(corpus)}
+    assert len(texts) > 50_000
+    assert not rated & {text.lower() for text in texts}
+    assert len({text.lower() for text in texts}) == len(texts)
+    assert min(len(text.split()) for text in texts) >= MIN_UNLABELLED_WORDS
+
+
+def test_the_shipped_teacher_rewards_hold_every_text_the_default_model_is_distilled_on(
+    snippets, tmp_path
+):
+    """`make serve` distils the default from the file, without the teacher: it must hold a
+    reward for each train and validation snippet, each variant and each unlabelled text the
+    recipe draws, and none for a test snippet."""
+    from reward_service.training.distill import read_teacher_rewards
+    from reward_service.training.recipe import DEFAULT_DISTILLATION, unlabelled_inputs
+
+    files = write_vader_data(tmp_path)
+    rated = [
+        record
+        for split in ("train", "validation")
+        for record in read_records(files[f"{split}.scores"]).records
+    ]
+    texts = [r.completion for r in rated] + unlabelled_inputs(rated, DEFAULT_DISTILLATION)
+    assert len(texts) > 2 * len(rated)
+    rewards = read_teacher_rewards(DEFAULT_DISTILLATION.teacher_rewards, texts)
+    assert np.isfinite(rewards).all() and rewards.std() > 0.5
+    test_texts = [r.completion for r in read_records(files["test.scores"]).records]
+    # (One test snippet's text is also a training snippet's, under another id: see vader.py.)
+    unseen = len(set(test_texts) - set(texts))
+    assert unseen >= len(test_texts) - 2
+    with pytest.raises(DataError, match=f"no teacher reward for {unseen} of"):
+        read_teacher_rewards(DEFAULT_DISTILLATION.teacher_rewards, test_texts)

@@ -105,12 +105,31 @@ def _vader_data(args: argparse.Namespace) -> int:
 
 
 def _vader_model(args: argparse.Namespace) -> int:
-    from reward_service.training.recipe import DEFAULT_CONFIG, build_vader_model
+    from reward_service.training.recipe import DEFAULT_CONFIG, Distillation, build_vader_model
 
     settings = settings_from_args(args, VaderModelSettings)
     changes = settings_overrides(args, TrainConfig, fields=VADER_MODEL_FIELDS)
     config = TrainConfig(**{**DEFAULT_CONFIG.model_dump(), **changes})
-    result, table = build_vader_model(settings.out, config)
-    print(table)
-    print(f"wrote {settings.out}: trained in {result.seconds / 60:.1f} min on this machine")
+    distillation = None
+    if settings.teacher is not None or settings.teacher_rewards is not None:
+        distillation = Distillation(
+            settings.unlabelled,
+            settings.teacher_weight,
+            augment=settings.augment,
+            teacher=settings.teacher,
+            teacher_rewards=settings.teacher_rewards,
+            save_rewards=settings.save_teacher_rewards,
+            seed=config.seed,
+        )
+    build = build_vader_model(settings.out, config, distillation=distillation)
+    print(build.table)
+    teacher = (
+        f" (and {build.teacher_seconds / 60:.1f} min for the teacher's scores)"
+        if distillation is not None
+        else ""
+    )
+    print(
+        f"wrote {settings.out}: trained in {build.result.seconds / 60:.1f} min on this "
+        f"machine{teacher}"
+    )
     return 0

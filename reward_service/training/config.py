@@ -15,6 +15,7 @@ from reward_service.training.evaluate import DEFAULT_MIN_SCORE_GAP
 from reward_service.training.rules import MiddleRanks
 
 Objective = Literal["binary", "pairwise", "regression"]
+MixedPrecision = Literal["auto", "no", "bf16"]
 OBJECTIVES: tuple[Objective, ...] = ("binary", "pairwise", "regression")
 
 
@@ -47,6 +48,12 @@ class TrainConfig(BaseModel):
     )
     patience: int = Field(1, description="Epochs without held-out improvement before stopping.")
     seed: int = Field(0, description="Seeds the head, the order of examples and the hold-out.")
+    mixed_precision: MixedPrecision = Field(
+        "auto",
+        description="bf16: bf16 autocast with float32 master weights; no: float32 throughout; "
+        "auto: bf16 where the hardware runs it natively (a CPU with AVX-512 BF16 or AMX, a GPU "
+        "that supports it), otherwise float32.",
+    )
     middle_ranks: MiddleRanks = Field(
         "drop", description="binary: labels for ranks between best (1) and worst (0)."
     )
@@ -122,6 +129,7 @@ VADER_MODEL_FIELDS = (
     "weight_decay",
     "dropout",
     "seed",
+    "mixed_precision",
 )
 
 
@@ -133,4 +141,32 @@ class VaderModelSettings(BaseModel):
 
     out: Annotated[Path, Flag(positional=True)] = Field(
         description="Folder to write the model into."
+    )
+    teacher: Path | None = Field(
+        None,
+        description="Distil this reward model folder (e.g. make rm-large's) into the new one: "
+        "it scores --unlabelled texts and the rated snippets, and those scores are trained on.",
+    )
+    teacher_rewards: Path | None = Field(
+        None,
+        description="Distil from a file of a teacher's rewards (written by --save-teacher-"
+        "rewards) instead of the teacher itself.",
+    )
+    save_teacher_rewards: Path | None = Field(
+        None, description="With --teacher: write its rewards to this file (gzipped JSON Lines)."
+    )
+    unlabelled: int = Field(
+        10_000,
+        description="With a teacher: how many unlabelled texts (the study's tweets and movie "
+        "dialogues, never the test or out-of-domain snippets) the teacher scores.",
+    )
+    augment: bool = Field(
+        False,
+        description="With a teacher: it also scores a variant of each rated training snippet "
+        "(a span of it, or some words dropped), trained on too.",
+    )
+    teacher_weight: float = Field(
+        0.5,
+        description="With a teacher: the rated snippets' target is (1 - w) x the raters' mean "
+        "+ w x the teacher's score.",
     )

@@ -36,7 +36,7 @@ from reward_service.model.inputs import format_inputs
 from reward_service.model.mapping import REWARD_CONFIG_FILENAME, RewardMapping, resolve
 from reward_service.model.tokenization import TextEncoder
 from reward_service.training.base_encoder import base_folder
-from reward_service.training.config import Objective, TrainConfig
+from reward_service.training.config import MixedPrecision, Objective, TrainConfig
 from reward_service.training.data import Record, Scored, read_records
 from reward_service.training.evaluate import held_out_set, score_folder
 from reward_service.training.model_card import TrainResult, describe, write_model_card
@@ -222,9 +222,11 @@ def split_by_prompt(
 
 def _build_trainer(model, tokenizer, records, encode, config: TrainConfig, tracker):
     """The library trainer for the objective, and how many training examples it sees."""
+    import torch
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+    bf16 = uses_bf16(config.mixed_precision)
     common = dict(
         output_dir=tempfile.mkdtemp(prefix="reward-train-"),
         num_train_epochs=config.epochs,
@@ -241,7 +243,10 @@ def _build_trainer(model, tokenizer, records, encode, config: TrainConfig, track
         data_seed=config.seed,
         train_sampling_strategy="group_by_length",  # similar lengths per batch: less padding
         dataloader_num_workers=0,
-        bf16=False,
+        # Autocast only: the weights, the optimiser and the saved folder stay float32.
+        bf16=bf16,
+        # transformers refuses bf16 without a GPU unless told the CPU is meant.
+        use_cpu=bf16 and not torch.cuda.is_available(),
         disable_tqdm=False,  # the progress bar, although transformers' own logging is quiet
     )
     if config.objective == "pairwise":
@@ -297,6 +302,20 @@ def _build_trainer(model, tokenizer, records, encode, config: TrainConfig, track
         callbacks=[tracker.callback()],
     )
     return trainer, len(input_ids)
+
+
+def uses_bf16(setting: MixedPrecision) -> bool:
+    """Whether training runs in bf16 autocast. ``auto`` takes it only where bf16 is native: on
+    CPUs without AVX-512 BF16 or AMX it is emulated and slower than float32 (on this project's
+    AVX-512 BF16 machine a MiniLM-L6 step of 32 snippets takes 0.43 s in bf16, 0.8-1.0 s in
+    float32)."""
+    if setting != "auto":
+        return setting == "bf16"
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def _write_folder(model, tokenizer, out: Path, mapping: RewardMapping) -> None:

