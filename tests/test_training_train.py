@@ -299,3 +299,27 @@ def test_vader_model_distils_a_teacher_or_a_file_of_its_rewards(tiny_base, data,
         assert "9,900 records" in card
     assert "distilled from teacher " in (tmp_path / "from-teacher" / "README.md").read_text()
     assert str(rewards) in (tmp_path / "from-file" / "README.md").read_text()
+
+
+def test_bf16_autocast_trains_float32_weights_that_learn_and_no_trains_in_float32(
+    tiny_base, data, tmp_path
+):
+    """--mixed-precision bf16 runs the forward passes in bf16 autocast (the weights come out
+    different from float32 training's) while the saved weights stay float32; both learn."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = {}
+    for precision in ("bf16", "no"):
+        out = tmp_path / precision
+        result = train(
+            data["train.scores"],
+            out,
+            tiny_config("regression", tiny_base, epochs=2, mixed_precision=precision),
+            eval_file=data["test.scores"],
+        )
+        assert result.best.pearson > 0.5
+        weights[precision] = load_file(out / "model.safetensors")
+    assert {tensor.dtype for tensor in weights["bf16"].values()} == {torch.float32}
+    name = "classifier.weight"
+    assert not np.allclose(weights["bf16"][name].numpy(), weights["no"][name].numpy())
