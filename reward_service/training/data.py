@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -338,7 +338,7 @@ def finite_number(value: Any, name: str, where: str) -> float:
     return float(value)
 
 
-def write_records(path: Path, records: list[Record]) -> None:
+def write_records(path: Path, records: Sequence[Record]) -> None:
     """The inverse of :func:`read_records` (prompts left out when empty)."""
     with path.open("w", encoding="utf-8") as handle:
         for record in records:

@@ -203,5 +203,5 @@ def _distilled_file(train_file: Path, distillation: Distillation) -> Path:
         rated, unlabelled, rewards, teacher_weight=distillation.teacher_weight
     )
     distilled = train_file.with_name(f"distilled-{train_file.name}")
-    write_records(distilled, list(records))
+    write_records(distilled, records)
     return distilled

@@ -43,13 +43,13 @@ DEFAULT_SEED = 0
 class Snippet:
     """One snippet of the study: its text, the raters' mean and each rater's score (-4..+4)."""
 
-    def scored(self) -> Scored:
-        return Scored("", self.text, self.mean, self.ratings)
-
     id: str
     text: str
     mean: float
     ratings: tuple[float, ...]
+
+    def scored(self) -> Scored:
+        return Scored("", self.text, self.mean, self.ratings)
 
 
 def hutto_folder() -> Path:
