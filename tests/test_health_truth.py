@@ -4,6 +4,7 @@ exits non-zero for its supervisor to restart it, instead of hanging every reques
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import HTTP_TIMEOUT_S, WAIT_S, start_server, wait_for
 from load_report import Tally
 
+from reward_service.serving.grpc import CurrentHealthServicer
 from reward_service.serving.server import EXIT_ENGINE_FAILED
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -53,6 +55,21 @@ def score_in_background(server, texts: list[str]) -> tuple[threading.Thread, dic
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
     return thread, outcome
+
+
+def test_grpc_health_check_answers_what_the_engine_says_now_not_what_the_last_poll_saw():
+    # REST's /health/ready reads the engine when asked; gRPC's Check must too, or a client that
+    # saw REST turn ready gets NOT_SERVING from gRPC until the next poll.
+    async def check() -> int:
+        async def engine_turned_ready() -> None:
+            await servicer.set("", SERVING)
+
+        servicer = CurrentHealthServicer(engine_turned_ready)
+        await servicer.set("", NOT_SERVING)  # what the last poll saw
+        reply = await servicer.Check(health_pb2.HealthCheckRequest(service=""), context=None)
+        return reply.status
+
+    assert asyncio.run(check()) == SERVING
 
 
 def test_a_hung_forward_pass_turns_readiness_false_until_it_returns(

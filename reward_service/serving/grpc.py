@@ -67,6 +67,20 @@ MAX_PENDING_CALLS = 4096
 KEEPALIVE_TIMEOUT_MS = 20_000
 
 
+class CurrentHealthServicer(health.aio.HealthServicer):
+    """grpc.health.v1 whose Check first brings the statuses up to date (`refresh`): a client that
+    has just seen REST's /health/ready turn 200 gets SERVING from Check too, not what the last
+    poll saw. Watch streams the changes the poll finds."""
+
+    def __init__(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self._refresh = refresh
+
+    async def Check(self, request, context):  # noqa: N802 (gRPC's method name)
+        await self._refresh()
+        return await super().Check(request, context)
+
+
 def status_for(error: BaseException) -> grpc.StatusCode:
     if isinstance(error, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT
@@ -296,7 +310,8 @@ class GrpcServer:
             ],
         )
         reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(engine), self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = CurrentHealthServicer(self._report_engine_health)
+        self._reported: dict[str, int] = {}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
@@ -345,22 +360,25 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def _report_readiness(self) -> None:
-        """Health follows the engine for as long as the server serves: each model SERVING while
-        it is warm and answering, the server while all of them are (REST's /health/ready)."""
+        """Health follows the engine for as long as the server serves (Watch sees the changes)."""
+        while True:
+            await self._report_engine_health()
+            await asyncio.sleep(READINESS_POLL_S)
+
+    async def _report_engine_health(self) -> None:
+        """Each model SERVING while it is warm and answering, the server while all of them are
+        (REST's /health/ready). Once shutting down, health ignores these and stays NOT_SERVING."""
         serving, not_serving = (
             health_pb2.HealthCheckResponse.SERVING,
             health_pb2.HealthCheckResponse.NOT_SERVING,
         )
-        reported: dict[str, int] = {}
-        while True:
-            statuses = {
-                name: serving if self.engine.is_ready(name) else not_serving
-                for name in self.engine.specs
-            }
-            overall = serving if self.engine.ready else not_serving
-            statuses.update({"": overall, SERVICE_NAME: overall})
-            for name, status in statuses.items():
-                if reported.get(name) != status:
-                    await self.health.set(name, status)
-                    reported[name] = status
-            await asyncio.sleep(READINESS_POLL_S)
+        statuses = {
+            name: serving if self.engine.is_ready(name) else not_serving
+            for name in self.engine.specs
+        }
+        overall = serving if self.engine.ready else not_serving
+        statuses.update({"": overall, SERVICE_NAME: overall})
+        for name, status in statuses.items():
+            if self._reported.get(name) != status:
+                await self.health.set(name, status)
+                self._reported[name] = status
