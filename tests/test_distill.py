@@ -102,3 +102,14 @@ def test_augmented_texts_are_seeded_and_never_repeat_a_text_or_each_other():
     assert variants != augmented_texts(texts, seed=4)
     assert len(set(variants)) == len(variants) and not set(variants) & set(texts)
     assert 40 <= len(variants) <= 50  # "a b" is too short to vary
+
+
+def test_more_variants_per_text_extend_fewer_so_one_rewards_file_serves_both():
+    from reward_service.training.distill import augmented_texts
+
+    texts = [f"review number {n} of a film that was rather good in places" for n in range(40)]
+    one, three = augmented_texts(texts, seed=5), augmented_texts(texts, seed=5, per_text=3)
+    assert three[: len(one)] == one
+    assert len(one) < len(three) <= 3 * len(texts)
+    assert len(set(three)) == len(three) and not set(three) & set(texts)
+    assert augmented_texts(texts, seed=5, per_text=0) == []

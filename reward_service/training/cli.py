@@ -115,7 +115,7 @@ def _vader_model(args: argparse.Namespace) -> int:
         distillation = Distillation(
             settings.unlabelled,
             settings.teacher_weight,
-            augment=settings.augment,
+            variants=settings.variants,
             teacher=settings.teacher,
             teacher_rewards=settings.teacher_rewards,
             save_rewards=settings.save_teacher_rewards,

@@ -160,10 +160,11 @@ class VaderModelSettings(BaseModel):
         description="With a teacher: how many unlabelled texts (the study's tweets and movie "
         "dialogues, never the test or out-of-domain snippets) the teacher scores.",
     )
-    augment: bool = Field(
-        False,
-        description="With a teacher: it also scores a variant of each rated training snippet "
-        "(a span of it, or some words dropped), trained on too.",
+    variants: int = Field(
+        0,
+        ge=0,
+        description="With a teacher: it also scores this many variants of each rated training "
+        "snippet (a span of it, or some words dropped), trained on too.",
     )
     teacher_weight: float = Field(
         0.5,

@@ -20,11 +20,15 @@ from pathlib import Path
 from reward_service.cache import staged_folder
 from reward_service.model.mapping import REWARD_CONFIG_FILENAME
 from reward_service.training.base_encoder import minilm_folder
-from reward_service.training.recipe import DEFAULT_DISTILLATION, build_vader_model
+from reward_service.training.recipe import (
+    DEFAULT_DISTILLATION,
+    DISTILLED_CONFIG,
+    build_vader_model,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_DIRNAME = "minilm-l6-vader-movies-distilled-v3"
+DEFAULT_MODEL_DIRNAME = "minilm-l6-vader-movies-distilled-v4"
 UNTRAINED_MODEL_DIRNAME = "minilm-l6-sentiment-untrained-head"
 DEFAULT_MODEL_ENV = "REWARD_SERVICE_DEFAULT_MODEL"  # "trained" (default) or "untrained"
 UNTRAINED_DESCRIPTION = (
@@ -46,15 +50,15 @@ def ensure_default_model(cache_dir: Path) -> Path:
     else:
         logger.warning(
             "building the default reward model into %s: training MiniLM-L6 on the VADER movie "
-            "snippets and the larger model's scores, about 13 minutes on 2 CPU cores (once; later "
-            "runs start at once)",
+            "snippets and the larger model's scores, 14 to 18 minutes on 2 CPU cores (once; "
+            "later runs start at once)",
             target,
         )
     with staged_folder(target) as staging:
         if untrained:
             build_untrained_sentiment_model(minilm_folder(), staging)
         else:
-            build_vader_model(staging, distillation=DEFAULT_DISTILLATION)
+            build_vader_model(staging, DISTILLED_CONFIG, distillation=DEFAULT_DISTILLATION)
     return target
 
 

@@ -90,17 +90,20 @@ def augmented(text: str, rng: random.Random) -> str:
     return " ".join(kept if len(kept) >= 3 else words[:3])
 
 
-def augmented_texts(texts: Sequence[str], seed: int) -> list[str]:
-    """One variant of each text (``augmented``), seeded; a variant equal to its text, or to one
-    already made, is left out."""
+def augmented_texts(texts: Sequence[str], seed: int, per_text: int = 1) -> list[str]:
+    """Up to ``per_text`` variants of each text (``augmented``), seeded, made in rounds of one per
+    text: the first ``k`` rounds are the same whatever ``per_text`` is, so a teacher's rewards for
+    more variants hold those for fewer. A variant equal to its text, or to one already made, is
+    left out."""
     rng = random.Random(seed)
     seen = set(texts)
     variants = []
-    for text in texts:
-        variant = augmented(text, rng)
-        if variant not in seen:
-            seen.add(variant)
-            variants.append(variant)
+    for _ in range(per_text):
+        for text in texts:
+            variant = augmented(text, rng)
+            if variant not in seen:
+                seen.add(variant)
+                variants.append(variant)
     return variants
 
 
