@@ -50,7 +50,7 @@ def ensure_default_model(cache_dir: Path) -> Path:
     else:
         logger.warning(
             "building the default reward model into %s: training MiniLM-L6 on the VADER movie "
-            "snippets and the larger model's scores, 14 to 18 minutes on 2 CPU cores (once; "
+            "snippets and the larger model's scores, about 18 minutes on 2 CPU cores (once; "
             "later runs start at once)",
             target,
         )
