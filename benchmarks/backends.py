@@ -1,11 +1,12 @@
-"""Backends compared on one model: texts/s for torch, onnx fp32 and onnx int8, and their agreement.
+"""Backends compared on one model: texts/s for torch fp32 and bf16, onnx fp32 and int8, agreement.
 
     flock /tmp/rlhf-cpu.lock .venv/bin/python benchmarks/backends.py [--profile]
 
 Exports the model (the project's default reward model unless --model) to fp32 and int8 ONNX
-folders, loads all three the way the server does, and times backend.forward on the same padded
-batches of seeded 20-60-word texts. The backends take turns within each round, so a neighbour's
-load slows all three alike; ratios are per round, and every figure is a median over rounds.
+folders, loads them, and torch with float32 and with bf16 weights (`--dtype bfloat16`), the way
+the server does, and times backend.forward on the same padded batches of seeded 20-60-word
+texts. The backends take turns within each round, so a neighbour's
+load slows all alike; ratios are per round, and every figure is a median over rounds.
 Agreement is over all texts: max |reward - torch reward| and Spearman rank correlation.
 With --profile it also prints where torch and onnx fp32 spend batch 32's time, by op.
 """
@@ -31,8 +32,8 @@ from reward_service.training.default_model import ensure_default_model  # noqa: 
 BATCH_SIZES = (1, 8, 32)
 
 
-def load(name: str, folder: Path, backend: str) -> LoadedModel:
-    return load_model(ModelSpec(name=name, source=str(folder), backend=backend))
+def load(name: str, folder: Path, backend: str, dtype: str = "float32") -> LoadedModel:
+    return load_model(ModelSpec(name=name, source=str(folder), backend=backend, dtype=dtype))
 
 
 def padded_batches(model: LoadedModel, texts: list[str], size: int) -> list[dict]:
@@ -151,6 +152,7 @@ def main() -> None:
             exported[quantize or "fp32"] = (out, metadata)
         models = {
             "torch": load("torch", source, "torch"),
+            "torch bf16": load("torch-bf16", source, "torch", dtype="bfloat16"),
             "onnx fp32": load("onnx-fp32", exported["fp32"][0], "onnx"),
             "onnx int8": load("onnx-int8", exported["int8"][0], "onnx"),
         }
@@ -174,7 +176,7 @@ def main() -> None:
         f"{recipe['fp32_nodes']}"
     )
     header = "".join(f"{f'batch {size} texts/s (x torch)':>28}" for size in BATCH_SIZES)
-    print(f"{'backend':<11}{header}{'max |Δ| reward':>16}{'Spearman':>10}")
+    print(f"{'backend':<12}{header}{'max |Δ| reward':>16}{'Spearman':>10}")
     for name in models:
         cells = []
         for size in BATCH_SIZES:
@@ -184,7 +186,7 @@ def main() -> None:
             ]
             cells.append(f"{statistics.median(per_round):9.1f} (x{statistics.median(ratios):.2f})")
         max_diff, rank = agree[name]
-        print(f"{name:<11}{''.join(f'{cell:>28}' for cell in cells)}{max_diff:>16.2e}{rank:>10.4f}")
+        print(f"{name:<12}{''.join(f'{cell:>28}' for cell in cells)}{max_diff:>16.2e}{rank:>10.4f}")
     for line in profile_lines:
         print(line)
 

@@ -650,7 +650,9 @@ def main() -> int:
         help="Smoke run: 2 s cells, concurrency 1 and 32, batch 1, 8.",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (model and naive server).")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--dtype", default="float32", choices=["auto", "float32", "float16", "bfloat16"]
+    )
     parser.add_argument(
         "--model",
         type=Path,

@@ -328,15 +328,15 @@ class ModelQueue:
         self._admit(-len(batch))
 
     def _non_finite(self, item: _QueuedItem, reward: float) -> NonFiniteReward:
-        spec = self.model.spec
+        dtype = self.model.backend.dtype
         hint = (
-            f"{spec.dtype} overflows where float32 does not: serve it in float32"
-            if spec.dtype != "float32"
+            f"{dtype} overflows where float32 does not: serve it in float32"
+            if dtype != "float32"
             else "check the model's weights and its reward mapping"
         )
         return NonFiniteReward(
             f"model {self._name!r} gave a non-finite reward ({reward}) for item {item.index} of "
-            f"the request (dtype {spec.dtype}); {hint}"
+            f"the request (dtype {dtype}); {hint}"
         )
 
     def _fail(self, batch: list[_QueuedItem], error: Exception) -> None:

@@ -22,6 +22,7 @@ from reward_service.model.mapping import (
     load_reward_config,
     resolve,
 )
+from reward_service.model.precision import resolve_dtype
 from reward_service.model.spec import ModelSpec
 from reward_service.model.tokenization import TextEncoder
 
@@ -281,11 +282,12 @@ def load_backend(
     backend = spec.backend
     if backend == "auto":
         backend = "onnx" if (folder / ONNX_FILENAME).is_file() else "torch"
+    dtype = resolve_dtype(spec.dtype, folder, backend=backend, device=spec.device)
     if backend == "onnx":
         return OnnxBackend.load(
             folder,
             device=spec.device,
-            dtype=spec.dtype,
+            dtype=dtype,
             input_names=input_names,
             num_labels=num_labels,
         )
@@ -294,7 +296,7 @@ def load_backend(
     return TorchBackend.load(
         folder,
         device=spec.device,
-        dtype=spec.dtype,
+        dtype=dtype,
         allow_pickle=spec.allow_pickle,
         pad_token_id=pad_token_id,
         value_head=(value_head, VALUE_HEAD_KEY) if value_head is not None else None,

