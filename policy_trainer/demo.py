@@ -61,7 +61,7 @@ def run_demo(options: DemoOptions) -> int:
     data_dir = run_dir / "data"
     url = f"http://127.0.0.1:{options.port}"
 
-    say("1/7 the default reward model (trained once, about 10 minutes, then cached)")
+    say("1/7 the default reward model (trained once, about 18 minutes on 2 cores, then cached)")
     server = start_reward_server(options, run_dir / "reward-server.log")
     try:
         wait_until_ready(server, url, run_dir / "reward-server.log")
