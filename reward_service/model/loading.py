@@ -238,7 +238,14 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         pad_token_id=pad_token_id,
         value_head=value_head,
     )
-    logger.info("loaded %s from %s (%s on %s)", spec.name, folder, backend.name, backend.device)
+    logger.info(
+        "loaded %s from %s (%s %s on %s)",
+        spec.name,
+        folder,
+        backend.name,
+        backend.dtype,
+        backend.device,
+    )
     render_chat = chat_renderer(tokenizer) if getattr(tokenizer, "chat_template", None) else None
     if mapping.input_format == "chat" and render_chat is None:
         raise ModelLoadError(

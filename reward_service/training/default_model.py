@@ -66,8 +66,6 @@ def ensure_default_model(cache_dir: Path) -> Path:
             build_untrained_sentiment_model(minilm_folder(), staging)
         else:
             build_vader_model(staging, DISTILLED_CONFIG, distillation=DEFAULT_DISTILLATION)
-    if not untrained:
-        logger.info("%s", describe_gate(json.loads((target / PRECISION_GATE_FILENAME).read_text())))
     return target
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from reward_service.model.inputs import format_inputs
 from reward_service.model.mapping import REWARD_CONFIG_FILENAME, RewardMapping, resolve
+from reward_service.model.precision import native_bf16
 from reward_service.model.tokenization import TextEncoder
 from reward_service.training.base_encoder import base_folder
 from reward_service.training.config import MixedPrecision, Objective, TrainConfig
@@ -311,11 +312,7 @@ def uses_bf16(setting: MixedPrecision) -> bool:
     float32)."""
     if setting != "auto":
         return setting == "bf16"
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return native_bf16("auto")  # the GPU where there is one, as the Trainer takes it
 
 
 def _write_folder(model, tokenizer, out: Path, mapping: RewardMapping) -> None:
