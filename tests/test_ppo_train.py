@@ -1,5 +1,6 @@
 """PPO end to end: a tiny policy learns what a classifier served by the real reward service
-prefers (the word "good"), in one process and in two through `accelerate launch`."""
+prefers (the word "good"), in one process, in two through `accelerate launch`, and on two
+machines of one process each."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from helpers import (
     build_word_level_lm,
     free_port,
 )
-from ppo_process import launch_ppo_processes, says_the_target_word
+from ppo_process import launch_ppo_machines, launch_ppo_processes, says_the_target_word
 
 from policy_trainer.checkpoint import latest_checkpoint, load_rng_state, load_state
 from policy_trainer.config import LoraOptions, PPOConfig
@@ -349,24 +350,48 @@ def test_two_half_micro_batches_make_the_update_of_one_whole_minibatch(
         torch.testing.assert_close(parameter_halves, parameter_whole, atol=1e-6, rtol=0)
 
 
-def test_two_processes_end_with_the_same_parameters_and_kl_coefficient(
-    word_lm: Path, tmp_path: Path
-):
-    """DDP averages the gradients, so both processes take the same steps; the adaptive KL
-    controller follows the KL of the whole batch (both processes' rollouts), so both hold the
-    same beta. A target near the KL this run reaches keeps its error inside the controller's clip,
-    where each process's own KL would move beta differently."""
-    settings = {"steps": 4, "batch_size": 8, "num_mini_batches": 2, "checkpoint_every": 0,
-                "kl_controller": "adaptive", "kl_target": 0.5, "kl_horizon": 100}  # fmt: skip
-    result = launch_ppo_processes(word_lm, tmp_path / "run", tmp_path / "out", settings)
-    assert result.returncode == 0, result.stderr[-3000:]
-    first, second = (torch.load(tmp_path / "out" / f"rank-{rank}.pt") for rank in (0, 1))
-    assert first["step"] == second["step"] == 4
+# Both processes' KL controllers must move beta the same way: adaptive, with a target near the
+# KL these runs reach, which keeps its error inside the controller's clip, where each process's
+# own KL would move beta differently.
+AGREEMENT_SETTINGS = {"batch_size": 8, "num_mini_batches": 2, "checkpoint_every": 0,
+                      "kl_controller": "adaptive", "kl_target": 0.5, "kl_horizon": 100}  # fmt: skip
+
+
+def assert_both_processes_trained_alike(policy: Path, out: Path, steps: int) -> None:
+    """Processes 0 and 1 of a run of ppo_process.py ended at step `steps` with the same KL
+    coefficient and trainable parameters (OUT/rank-K.pt), and training moved them."""
+    first, second = (torch.load(out / f"rank-{rank}.pt") for rank in (0, 1))
+    assert first["step"] == second["step"] == steps
     assert first["beta"] == second["beta"] != 0.2  # identical, and moved by the controller
     assert first["parameters"].keys() == second["parameters"].keys()
     # Bit for bit: the same averaged gradient goes through the same optimiser arithmetic.
     for name, parameter in first["parameters"].items():
         torch.testing.assert_close(second["parameters"][name], parameter, atol=0, rtol=0, msg=name)
-    initial, _ = load_policy(word_lm)
+    initial, _ = load_policy(policy)
     moved = first["parameters"]["policy.model.embed_tokens.weight"]
     assert not torch.equal(moved, initial.model.embed_tokens.weight)  # training did happen
+
+
+def test_two_processes_end_with_the_same_parameters_and_kl_coefficient(
+    word_lm: Path, tmp_path: Path
+):
+    """DDP averages the gradients, so both processes take the same steps; the adaptive KL
+    controller follows the KL of the whole batch (both processes' rollouts), so both hold the
+    same beta."""
+    settings = {**AGREEMENT_SETTINGS, "steps": 4}
+    result = launch_ppo_processes(word_lm, tmp_path / "run", tmp_path / "out", settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_both_processes_trained_alike(word_lm, tmp_path / "out", steps=4)
+
+
+def test_two_machines_of_one_process_each_end_with_the_same_parameters_and_kl_coefficient(
+    word_lm: Path, tmp_path: Path
+):
+    """Two machines on loopback, each its own `accelerate launch --num_machines 2 --machine_rank
+    R`, meeting through the c10d rendezvous: the gradient all-reduce and the whole batch's KL
+    reach across machines as across the processes of one."""
+    settings = {**AGREEMENT_SETTINGS, "steps": 2}
+    results = launch_ppo_machines(word_lm, tmp_path / "run", tmp_path / "out", settings)
+    for machine_rank, result in enumerate(results):
+        assert result.returncode == 0, f"machine {machine_rank}:\n{result.stderr[-3000:]}"
+    assert_both_processes_trained_alike(word_lm, tmp_path / "out", steps=2)
