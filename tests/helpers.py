@@ -371,6 +371,22 @@ def peak_rss(pid: int) -> Iterator[list[int]]:
         peak[0] = int(kib) * 1024
 
 
+def processes_naming(text: str) -> list[int]:
+    """PIDs of this machine's processes (but this one) whose command line holds `text`: e.g. a
+    Ray session's folder, on the command line of each of its processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in command:
+            found.append(int(entry.name))
+    return found
+
+
 def rss(pid: int) -> int:
     """The process's resident memory now, in bytes."""
     status = Path(f"/proc/{pid}/status").read_text()

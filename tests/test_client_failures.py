@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import httpx
 import pytest
 from helpers import (
     WAIT_S,
@@ -35,6 +37,9 @@ from reward_service.client import (
 )
 from reward_service.client.base import Call, Endpoint, EndpointPool
 from reward_service.client.contract import ClientConfig, Retryable
+from reward_service.client.errors import ServerError
+from reward_service.client.transports import grpc as grpc_transport
+from reward_service.client.transports import http as http_transport
 
 POISON = "zebra"
 # An outage longer than the old default retries lasted (8 retries: 8-16 s of backoff).
@@ -263,3 +268,41 @@ def test_a_200_that_is_not_a_reward_answer_is_the_clients_own_error(login_page: 
             client.score(texts=["good"])
         with pytest.raises(UnexpectedResponse, match="no JSON"):
             client.list_models()
+
+
+# --- errors the reward service did not make: a proxy's in front of it (Ray Serve's) -------------
+
+
+class _RpcError(grpc.RpcError):
+    """An RPC error as grpc's channel raises it: a status, details and trailing metadata."""
+
+    def __init__(self, code: grpc.StatusCode, trailing: tuple = ()) -> None:
+        self._code, self._trailing = code, trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "The actor died unexpectedly before finishing this task."
+
+    def trailing_metadata(self) -> tuple:
+        return self._trailing
+
+
+def test_a_5xx_without_the_services_error_object_is_a_proxys_and_retried():
+    url = "http://127.0.0.1:1"
+    # Ray Serve's HTTP proxy, when the replica holding a request dies: plain text.
+    with pytest.raises(Retryable, match="from a proxy"):
+        http_transport.scores_from(httpx.Response(500, text="Internal Server Error"), url)
+    # The service's own 500 names its error: one replica's broken model, failed over instead.
+    own = {"error": {"type": "inference_failed", "message": "the forward pass failed"}}
+    with pytest.raises(ServerError):
+        http_transport.scores_from(httpx.Response(500, json=own), url)
+
+
+def test_a_grpc_internal_without_the_services_error_type_is_a_proxys_and_retried():
+    url = "grpc://127.0.0.1:1"
+    for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        assert isinstance(grpc_transport.classify(_RpcError(code), url), Retryable)
+    own = _RpcError(grpc.StatusCode.INTERNAL, (("reward-error-type", "inference_failed"),))
+    assert isinstance(grpc_transport.classify(own, url), ServerError)

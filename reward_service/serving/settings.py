@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, FilePath, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
 from reward_service.cache import default_cache_dir
@@ -72,6 +80,72 @@ def _not_empty(key: SecretStr | None) -> SecretStr | None:
     if key is not None and not key.get_secret_value():
         raise ValueError("the API key is empty: give one, or leave the option out")
     return key
+
+
+class RayServeOptions(BaseModel):
+    """`serve --ray`: replicas of this server on Ray Serve (reward_service/serving/ray_serve.py),
+    each a whole engine with its batcher, behind Serve's HTTP and gRPC proxies."""
+
+    model_config = ConfigDict(extra="forbid", title="Ray Serve (with --ray)")
+
+    address: str | None = Field(
+        None,
+        description="A running Ray cluster to deploy on (auto, or ray://HOST:10001); default: "
+        "start a local Ray on this machine.",
+    )
+    num_replicas: int = Field(
+        1, ge=1, description="Replicas, each one engine (without --ray-max-replicas)."
+    )
+    min_replicas: int = Field(1, ge=0, description="With --ray-max-replicas: the fewest replicas.")
+    max_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Autoscale between --ray-min-replicas and this many replicas, on the "
+        "requests each replica holds (--ray-target-ongoing-requests).",
+    )
+    target_ongoing_requests: float = Field(
+        16, gt=0, description="Autoscaling: the requests in flight per replica it aims at."
+    )
+    upscale_delay_s: float = Field(
+        30, ge=0, description="Autoscaling: how long load must stay above target to add one."
+    )
+    # Serve refuses a window no longer than the interval at which replicas report (10 s).
+    look_back_period_s: float = Field(
+        30, gt=10, description="Autoscaling: the window over which load is averaged."
+    )
+    downscale_delay_s: float = Field(
+        600, ge=0, description="Autoscaling: how long load must stay below target to drop one."
+    )
+    # Serve's default (5) starves the batcher: a replica would hold 5 requests at a time, so a
+    # batch could never hold more than 5 requests' items. Past this many, Serve queues requests
+    # in its proxy and routes them to a replica with room (back-pressure stays the engine's:
+    # its queue limit answers 429 / RESOURCE_EXHAUSTED).
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests one replica holds at once; more wait in Serve's proxy."
+    )
+    num_cpus: float = Field(
+        1, gt=0, description="CPUs Ray reserves per replica (its torch threads follow it)."
+    )
+    num_gpus: float = Field(0, ge=0, description="GPUs Ray reserves per replica (with --device).")
+    metrics_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="Where a local Ray exports every replica's metrics, summed by Prometheus "
+        "(GET /metrics through Serve answers from one replica); 0 picks a free one.",
+    )
+    health_check_period_s: float = Field(
+        2, gt=0, description="How often Serve asks each replica whether its engine is ready."
+    )
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> RayServeOptions:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"--ray-max-replicas ({self.max_replicas}) is below --ray-min-replicas "
+                f"({self.min_replicas})"
+            )
+        return self
 
 
 class ServeSettings(OptionSettings):
@@ -210,6 +284,14 @@ class ServeSettings(OptionSettings):
     )
     preset: str | None = Field(
         None, description="sentiment, toxicity, toxicity-any, hate or reward-model."
+    )
+    ray: bool = Field(
+        False,
+        description="Serve on Ray Serve: replicas of this server behind its proxies "
+        "(pip install '.[ray]'; see docs/production.md, Scaling out).",
+    )
+    ray_serve: Annotated[RayServeOptions, Flag(prefix="ray-")] = Field(
+        default_factory=RayServeOptions
     )
     mapping_overrides: Annotated[
         dict[str, Any],

@@ -75,8 +75,19 @@ def channel_credentials(url: str, config: ClientConfig) -> grpc.ChannelCredentia
     return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
+# The attempt's timeout again as metadata, beside gRPC's own deadline: a proxy in front of the
+# servers (Ray Serve's) does not pass the deadline on, and the replica reads this instead.
+TIMEOUT_METADATA_KEY = "x-request-timeout-ms"
+
+
 def metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def call_metadata(
+    base: tuple[tuple[str, str], ...], timeout_s: float
+) -> tuple[tuple[str, str], ...]:
+    return (*base, (TIMEOUT_METADATA_KEY, str(max(1, round(timeout_s * 1000)))))
 
 
 def score_message(chunk: Chunk, model: str | None) -> reward_pb2.ScoreRequest:
@@ -118,6 +129,10 @@ def classify(error: grpc.RpcError, url: str) -> Exception:
         )
     if code in RETRYABLE_CODES:
         return Retryable(f"gRPC {code.name}: {details}")
+    if code in (Code.INTERNAL, Code.UNKNOWN) and _error_type(error) is None:
+        # Every error the reward service sends names its type; one without is a proxy's in
+        # front of it (Ray Serve's, when a replica dies under a call): another replica answers.
+        return Retryable(f"gRPC {code.name} from a proxy, not the reward service: {details}")
     if _error_type(error) == wire.TooManyCharacters.error_type:
         # The same items fit in smaller requests.
         return ItemLimitExceeded(f"gRPC {code.name}: {details}", url, too_many_items=False)
@@ -155,7 +170,9 @@ class GrpcTransport:
     def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> Scores:
         try:
             response = self._stub(url).Score(
-                score_message(chunk, model), timeout=timeout_s, metadata=self.metadata
+                score_message(chunk, model),
+                timeout=timeout_s,
+                metadata=call_metadata(self.metadata, timeout_s),
             )
         except grpc.RpcError as error:
             raise classify(error, url) from error
@@ -196,7 +213,9 @@ class AsyncGrpcTransport:
     async def score(self, url: str, chunk: Chunk, model: str | None, timeout_s: float) -> Scores:
         try:
             response = await self._stub(url).Score(
-                score_message(chunk, model), timeout=timeout_s, metadata=self.metadata
+                score_message(chunk, model),
+                timeout=timeout_s,
+                metadata=call_metadata(self.metadata, timeout_s),
             )
         except grpc.RpcError as error:
             raise classify(error, url) from error

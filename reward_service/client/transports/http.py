@@ -110,6 +110,14 @@ def body_of(response: httpx.Response, url: str) -> dict[str, Any]:
             raise _unexpected(response, url, "no JSON object")
         return body
     message = _error_message(response)
+    if status >= 500 and _error_type(response) is None:
+        # Every error the reward service sends is a JSON object naming its type; a 5xx without
+        # one is a proxy's in front of it (Ray Serve's plain-text 500 when a replica dies under
+        # a request, a load balancer's): another replica answers.
+        raise Retryable(
+            f"HTTP {status} from a proxy, not the reward service: {message}",
+            retry_after_s(response.headers.get("retry-after")),
+        )
     if status in RETRYABLE_STATUS:
         raise Retryable(
             f"HTTP {status}: {message}", retry_after_s(response.headers.get("retry-after"))
