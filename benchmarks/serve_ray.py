@@ -10,7 +10,9 @@ splitting them. In each phase the single server and the deployment take turns, t
 alternating by round, a closed loop of 32 clients sending 16-text and then 1-text requests of
 seeded 20-60-word texts (REST, POST /v1/score) to one of them at a time; the other idles. Printed
 per phase and request size: median texts/s, p50 and p99 over the rounds, and the median of the
-per-round ratios Serve / single (target for one replica with 16-text requests: >= 0.85).
+per-round ratios Serve / single (target for one replica with 16-text requests: >= 0.85); then
+the CPU each part took while it served (the single server; Serve's replicas, HTTP proxy and
+Ray's other processes), from /proc, and the serving side's CPU milliseconds per text scored.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +42,48 @@ from serve_throughput import (  # noqa: E402
 CONCURRENCY = 32
 REQUEST_SIZES = (16, 1)
 SERVERS = ("single", "serve")
+CPU_GROUPS = ("single server", "replicas", "Serve's proxy", "Ray's other processes")
 
 
-def measure(url: str, bodies: list[bytes], size: int, duration_s: float):
+def cpu_ticks(single_pid: int) -> dict[str, int]:
+    """CPU ticks so far by what spends them: the single server, Serve's replicas, its HTTP proxy,
+    and Ray's other processes (a Ray worker's title, or a Ray binary on the command line)."""
+    ticks = dict.fromkeys(CPU_GROUPS, 0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        spent = int(fields[11]) + int(fields[12])  # utime + stime
+        if int(entry.name) == single_pid:
+            ticks["single server"] += spent
+        elif command.startswith("ray::ServeReplica"):
+            ticks["replicas"] += spent
+        elif command.startswith("ray::ProxyActor"):
+            ticks["Serve's proxy"] += spent
+        elif command.startswith("ray::") or "/site-packages/ray/" in command:
+            ticks["Ray's other processes"] += spent
+    return ticks
+
+
+def measure(url: str, bodies: list[bytes], size: int, duration_s: float, single_pid: int):
+    """One turn: texts/s, p50, p99, texts per request, and each group's CPU over the turn as a
+    share of one core."""
+    before, started = cpu_ticks(single_pid), time.monotonic()
     rate, latencies, failed = asyncio.run(
         drive(http_sender(url), bodies, size, CONCURRENCY, duration_s)
     )
+    after, elapsed = cpu_ticks(single_pid), time.monotonic() - started
     if failed:
         raise SystemExit(f"{failed} requests failed on {url}")
     p50, p99 = np.percentile(latencies, [50, 99])
-    return rate, p50, p99
+    per_second = os.sysconf("SC_CLK_TCK")
+    cpu = {group: (after[group] - before[group]) / per_second / elapsed for group in CPU_GROUPS}
+    return rate, p50, p99, cpu
 
 
 def main() -> int:
@@ -80,7 +115,7 @@ def main() -> int:
     command = [sys.executable, "-m", "reward_service.cli", "serve", "--port", str(single_port)]
     command += ["--grpc-port", "0", "--log-level", "warning", "--model", f"rm={folder}"]
     with contextlib.ExitStack() as stack:
-        stack.enter_context(running_server(command, single_port))
+        single_pid = stack.enter_context(running_server(command, single_port)).pid
         ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
         stack.callback(ray.shutdown)
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=serve_port))
@@ -101,7 +136,7 @@ def main() -> int:
                 for round_index in range(args.rounds):
                     order = SERVERS if round_index % 2 == 0 else SERVERS[::-1]
                     for server in order:
-                        row = measure(urls[server], bodies, size, args.duration_s)
+                        row = measure(urls[server], bodies, size, args.duration_s, single_pid)
                         results.setdefault((replicas, server, size), []).append(row)
                         print(
                             f"  {replicas} replica(s) {server:6s} {size:2d} text(s): "
@@ -135,6 +170,28 @@ def main() -> int:
                     f"| {replicas} | {size} | {label} | {rate:.1f} | {p50 * 1e3:.0f} | "
                     f"{p99 * 1e3:.0f} | {ratio} |"
                 )
+    print(
+        "\nCPU while each served, as a share of one core (medians of the turns; cores: "
+        f"{cores}), and the serving side's CPU per text scored"
+    )
+    print(
+        "\n| Serve replicas | texts/request | server | "
+        + " | ".join(CPU_GROUPS)
+        + " | serving side, CPU ms per text |"
+    )
+    print("|---:|---:|---|" + "---:|" * (len(CPU_GROUPS) + 1))
+    for replicas in args.replicas:
+        for size in REQUEST_SIZES:
+            for server in SERVERS:
+                rows = results[(replicas, server, size)]
+                shares = [statistics.median(row[3][group] for row in rows) for group in CPU_GROUPS]
+                # The serving side's own CPU: the single server, or Serve's processes.
+                serving = ("single server",) if server == "single" else CPU_GROUPS[1:]
+                ms_per_text = statistics.median(
+                    sum(row[3][group] for group in serving) / row[0] * 1000 for row in rows
+                )
+                cells = " | ".join(f"{share:.0%}" for share in shares)
+                print(f"| {replicas} | {size} | {server} | {cells} | {ms_per_text:.2f} |")
     if (1, 16) not in ratios:
         return 0
     passed = ratios[(1, 16)] >= 0.85

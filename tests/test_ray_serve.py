@@ -114,13 +114,15 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, int]]:
     wait_for(lambda: not processes_naming(session_dir), "every Ray process to exit", 60)
 
 
-def deploy(folder: Path, gate_dir: Path | None = None, **ray_options) -> None:
+def deploy(
+    folder: Path, gate_dir: Path | None = None, batching: dict | None = None, **ray_options
+) -> None:
     """`reward-service serve --ray`'s application for `folder`, replacing the one before; returns
     once every replica is running. `gate_dir`: replicas whose forward passes the test can hold
-    (gated_replica.py)."""
+    (gated_replica.py). `batching`: over LIMITS."""
     settings = ServeSettings(
         models=[f"tiny={folder}"],
-        batching=LIMITS,
+        batching={**LIMITS, **(batching or {})},
         max_body_bytes=MAX_BODY_BYTES,
         max_body_bytes_in_flight=4 * MAX_BODY_BYTES,
         grpc_max_message_bytes=GRPC_MAX_MESSAGE_BYTES,
@@ -349,6 +351,40 @@ def test_a_grpc_deadline_reaches_the_replica_as_metadata_and_a_late_call_is_drop
         with pytest.raises(grpc.RpcError) as dropped:
             late.result(timeout=60)
     assert dropped.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_full_replica_queue_answers_429_and_resource_exhausted_and_loses_nothing_admitted(
+    cluster, folder, tmp_path
+):
+    """The back-pressure of the single server (tests/test_rest_api.py), through Serve: one
+    replica whose queue holds 4 items, its forward pass held with 4 admitted; then REST answers
+    429 queue_full with Retry-After and gRPC RESOURCE_EXHAUSTED, and the admitted are scored."""
+    deploy(
+        folder,
+        gate_dir=tmp_path,
+        batching={"max_queue_items": 4, "max_items_per_request": 4},
+        num_replicas=1,
+    )
+    urls = deployment_urls(cluster)
+    texts = [f"review {i}" for i in range(4)]
+    (tmp_path / HOLD).touch()
+    with ThreadPoolExecutor(1) as calls:
+        admitted = calls.submit(
+            httpx.post, f"{urls['url']}/v1/score", json={"texts": texts}, headers=AUTH, timeout=60
+        )
+        wait_for(lambda: held_pids(tmp_path), "the admitted request's forward pass to be held")
+        refused = httpx.post(
+            f"{urls['url']}/v1/score", json={"texts": texts}, headers=AUTH, timeout=60
+        )
+        code, kind = grpc_error(
+            grpc_stub(urls["grpc"]), reward_pb2.ScoreRequest(texts=texts), GRPC_AUTH
+        )
+        (tmp_path / HOLD).unlink()
+        assert admitted.result(timeout=60).status_code == 200
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["type"] == "queue_full"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert (code, kind) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full")
 
 
 class Load:
